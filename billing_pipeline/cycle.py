@@ -1,0 +1,269 @@
+"""The nightly facility cycle for a batch of facility-days: maintenance -> dues -> billing.
+
+Each step reads the validated export and the warehouse, computes with the pure rules in
+`billing_pipeline.rules`, and writes its tables for those facility-days in one transaction.
+The Dagster assets and `billing-pipeline run` both call these functions, so the two give the
+same results. A batch is any set of (facility, business date): one Dagster partition (an hourly
+window), or one date for every facility.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import duckdb
+import polars as pl
+
+from billing_pipeline.charging import ChargeSettings, Outcome, run_charges
+from billing_pipeline.gateway import ChargeRequest, PaymentGateway
+from billing_pipeline.inputs.load import Inputs
+from billing_pipeline.rules import billable as billable_rules
+from billing_pipeline.rules import contract_status, dues, prebilling
+from billing_pipeline.rules.balance import balance_due_now
+from billing_pipeline.warehouse import ledger
+from billing_pipeline.warehouse.store import insert, query, replace_facility_days, transaction
+
+
+@dataclass(frozen=True)
+class CycleSettings:
+    max_flagged_share: float = prebilling.DEFAULT_BLOCK_SHARE
+    charging: ChargeSettings = field(default_factory=ChargeSettings)
+
+
+class Night:
+    """What the steps of one batch share, each computed once, lazily."""
+
+    def __init__(self, inputs: Inputs, facility_days: pl.DataFrame):
+        self.inputs = inputs
+        self.facility_days = facility_days
+
+    @cached_property
+    def changes(self) -> pl.DataFrame:
+        return contract_status.applied_changes(self.inputs.contracts.lazy(), self.inputs.status_changes.lazy()).collect()
+
+    @cached_property
+    def timeline(self) -> pl.DataFrame:
+        return contract_status.status_timeline(self.inputs.contracts.lazy(), self.changes.lazy()).collect()
+
+    @cached_property
+    def contracts(self) -> pl.DataFrame:
+        """The batch's contracts with plan, customer, facility and their status on D."""
+        i = self.inputs
+        processed = dues.contracts_for_days(i.contracts.lazy(), i.customers.lazy(), i.facilities.lazy(),
+                                            i.plans.lazy(), self.facility_days.lazy())
+        return contract_status.status_on(self.timeline.lazy(), processed, "business_date").collect()
+
+    @cached_property
+    def customer_days(self) -> pl.DataFrame:
+        """The batch's customers (by home facility) with the facility's billing settings."""
+        settings = self.inputs.facilities.drop("name", "timezone")
+        return (self.inputs.customers.select("customer_id", "facility_id")
+                .join(self.facility_days.select("facility_id", "business_date"), on="facility_id")
+                .join(settings, on="facility_id"))
+
+    @cached_property
+    def usable_methods(self) -> pl.DataFrame:
+        return prebilling.usable_payment_methods(self.inputs.payment_methods.lazy(), self.customer_days.lazy()).collect()
+
+    @cached_property
+    def duplicates(self) -> pl.DataFrame:
+        return prebilling.duplicate_contracts(self.contracts.lazy(), self.inputs.customers.lazy()).collect()
+
+    @cached_property
+    def without_payment_method(self) -> pl.DataFrame:
+        return prebilling.recurring_dues_without_payment_method(
+            self.contracts.lazy(), self.inputs.customers.lazy(), self.usable_methods.lazy()).collect()
+
+
+def previous_business_dates(conn: duckdb.DuckDBPyConnection, facility_days: pl.DataFrame) -> pl.DataFrame:
+    return query(conn, """
+        SELECT d.facility_id, d.business_date, max(p.business_date) AS previous_business_date
+        FROM _days d LEFT JOIN processed_days p
+          ON p.facility_id = d.facility_id AND p.business_date < d.business_date
+        GROUP BY ALL""", _days=facility_days.select("facility_id", "business_date"))
+
+
+# --- maintenance (SPEC 1.1) ---------------------------------------------------------------
+
+def maintenance(conn: duckdb.DuckDBPyConnection, night: Night) -> dict[str, pl.DataFrame]:
+    days = night.facility_days
+    statuses = night.contracts.select("business_date", "facility_id", "contract_id", "customer_id", "status")
+    days_with_previous = days.join(previous_business_dates(conn, days), on=["facility_id", "business_date"])
+    changes = night.changes.join(night.inputs.contracts.select("contract_id", "facility_id"), on="contract_id")
+    errors = contract_status.status_change_errors(changes.lazy(), days_with_previous.lazy()).collect()
+    with transaction(conn):
+        replace_facility_days(conn, "processed_days", days.with_columns(
+            pl.lit(dt.datetime.now(dt.timezone.utc)).alias("processed_at")), days)
+        changed = status_changes_since_last_day(conn, statuses, days)
+        replace_facility_days(conn, "contract_status_log", changed, days)
+        replace_facility_days(conn, "status_change_errors", errors, days)
+    return {"contract_status_daily": statuses, "contract_status_log": changed, "status_change_errors": errors}
+
+
+def status_changes_since_last_day(conn: duckdb.DuckDBPyConnection, statuses: pl.DataFrame,
+                                  days: pl.DataFrame) -> pl.DataFrame:
+    """Contracts whose status on D differs from their status on the facility's last processed
+    date before D: the only rows stored, so 10M contracts do not cost 10M rows a day."""
+    before = query(conn, """
+        SELECT l.contract_id, arg_max(l.status, l.business_date) AS previous_status
+        FROM contract_status_log l JOIN _days d
+          ON l.facility_id = d.facility_id AND l.business_date < d.business_date
+        GROUP BY l.contract_id""", _days=days.select("facility_id", "business_date"))
+    return (statuses.join(before, on="contract_id", how="left")
+            .filter(pl.col("previous_status").is_null() | (pl.col("previous_status") != pl.col("status")))
+            .drop("previous_status"))
+
+
+# --- dues posting (SPEC 1.2, 1.3) -----------------------------------------------------------
+
+def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> dict[str, pl.DataFrame]:
+    processed = night.contracts.drop("status")
+    last_posted = ledger.last_posted_periods(conn, processed)
+    out = {name: frame.collect() for name, frame in dues.post_dues(
+        processed.lazy(), last_posted.lazy(), night.timeline.lazy(), night.duplicates.lazy()).items()}
+    out["dues_postings"] = out["dues_postings"].with_columns(
+        ledger.period_entry_id(pl.col("contract_id"), pl.col("bill_date")).alias("entry_id"))
+    with transaction(conn):
+        for table in ("due_contracts", "dues_postings", "dues_posting_errors"):
+            replace_facility_days(conn, table, out[table], night.facility_days)
+        out["new_ledger_entries"] = pl.DataFrame({"posted": [ledger.post_entries(conn, ledger.dues_entries(out["dues_postings"]))]})
+    return out
+
+
+# --- billable customers, sweeps and pre-billing checks (SPEC 1.4, 1.6) -----------------------
+
+def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: CycleSettings) -> dict[str, pl.DataFrame]:
+    customer_days = night.customer_days
+    keys = customer_days.select("customer_id", "business_date")
+    due = query(conn, """
+        SELECT k.customer_id, k.business_date, sum(c.amount_cents)::BIGINT AS due_cents,
+               (SELECT sum(p.amount_cents) FROM dues_postings p WHERE p.customer_id = k.customer_id
+                  AND p.business_date = k.business_date)::BIGINT AS posted_cents
+        FROM _keys k JOIN due_contracts c ON c.customer_id = k.customer_id AND c.business_date = k.business_date
+        GROUP BY ALL""", _keys=keys)
+    last_attempts = query(conn, """
+        SELECT a.customer_id, arg_max(a.business_date, a.business_date) AS last_attempt_date,
+               arg_max(a.outcome, a.business_date) AS last_outcome
+        FROM billing_attempts a JOIN _keys k ON a.customer_id = k.customer_id AND a.business_date < k.business_date
+        GROUP BY a.customer_id""", _keys=keys)
+    qualifying = (night.contracts.filter(pl.col("status").is_in(contract_status.IN_EFFECT)
+                                         & pl.col("contract_type").is_in(billable_rules.QUALIFYING_TYPES))
+                  .select("customer_id", "business_date").unique())
+    candidates = billable_rules.billable_customers(customer_days.lazy(), balances(conn, night).lazy(), due.lazy(),
+                                                   last_attempts.lazy(), qualifying.lazy()).collect()
+    flagged = pl.concat([night.duplicates.select("business_date", "customer_id"),
+                         night.without_payment_method.select("business_date", "customer_id")]).unique()
+    blocks = prebilling.billing_blocks(candidates.lazy(), flagged.lazy(), night.facility_days.lazy(),
+                                       settings.max_flagged_share).collect()
+    held = billable_rules.apply_holds(candidates.lazy(), night.duplicates.lazy(), night.usable_methods.lazy(),
+                                      blocks.lazy()).collect()
+    out = {
+        "billable_customers": held.select(*billable_rules.BILLABLE_COLUMNS, "payment_method_id")
+        .sort("facility_id", "customer_id"),
+        "sweep_candidates": billable_rules.sweep_candidates(held.lazy()).collect(),
+        "duplicate_contracts": night.duplicates,
+        "recurring_dues_without_payment_method": night.without_payment_method,
+        "billing_blocks": blocks.select("business_date", "facility_id", "partition_key", "billable_customers",
+                                        "flagged_customers", "window_billable", "window_flagged",
+                                        "window_flagged_share", "max_share", "blocked"),
+    }
+    with transaction(conn):
+        for table, frame in out.items():
+            replace_facility_days(conn, table, frame, night.facility_days)
+    return out
+
+
+def balances(conn: duckdb.DuckDBPyConnection, night: Night) -> pl.DataFrame:
+    keys = night.customer_days.select("customer_id", "business_date")
+    sums = ledger.ledger_sums(conn, keys)
+    return balance_due_now(keys.lazy(), night.inputs.charges.lazy(), night.inputs.payments.lazy(), sums.lazy()).collect()
+
+
+# --- charging (SPEC 1.5) --------------------------------------------------------------------
+
+def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGateway,
+           settings: CycleSettings) -> dict[str, pl.DataFrame]:
+    """Charges every billable customer not on hold, once per business date, whatever reruns.
+
+    1. The requests are written ahead (`charge_requests`); a key already written keeps its
+       first request, so a rerun or a resumed run resends exactly what was sent before.
+    2. Requests without a final outcome are sent; outcomes and their ledger entries are written
+       together, batch by batch.
+    """
+    days = night.facility_days
+    billable = query(conn, """
+        SELECT b.* FROM billable_customers b JOIN _days d USING (facility_id, business_date)
+        WHERE b.hold_reason IS NULL""", _days=days.select("facility_id", "business_date"))
+    planned = billable_rules.charge_requests(
+        billable.join(night.usable_methods, on=["customer_id", "business_date", "payment_method_id"])
+        .join(night.inputs.facilities.select("facility_id", "surcharge_enabled", "surcharge_percent",
+                                             "surcharge_product_id"), on="facility_id")
+        .lazy()).collect()
+    with transaction(conn):
+        new = query(conn, "SELECT p.* FROM _planned p ANTI JOIN charge_requests r USING (idempotency_key)",
+                    _planned=planned)
+        insert(conn, "charge_requests", new.with_columns(pl.lit(dt.datetime.now(dt.timezone.utc)).alias("requested_at")))
+    pending = query(conn, """
+        SELECT r.* FROM charge_requests r JOIN _days d USING (facility_id, business_date)
+        ANTI JOIN billing_attempts a USING (idempotency_key) ORDER BY r.idempotency_key""",
+                    _days=days.select("facility_id", "business_date"))
+    requests = [ChargeRequest(r["idempotency_key"], r["customer_id"], r["payment_method_id"], r["token"],
+                              r["amount_cents"] + r["surcharge_cents"]) for r in pending.iter_rows(named=True)]
+    by_key = pending.select("idempotency_key", "business_date", "facility_id", "customer_id", "payment_method_id",
+                            "amount_cents", "surcharge_cents")
+
+    def record(outcomes: list[Outcome]) -> None:
+        rows = pl.DataFrame([o.__dict__ for o in outcomes], schema={
+            "idempotency_key": pl.String, "outcome": pl.String, "decline_code": pl.String, "reference": pl.String,
+            "tries": pl.Int32, "message": pl.String, "completed_at": pl.Datetime("us", "UTC")})
+        attempts = by_key.join(rows, on="idempotency_key").rename({"reference": "gateway_reference"})
+        with transaction(conn):
+            insert(conn, "billing_attempts", attempts)
+            ledger.post_entries(conn, ledger.billing_entries(attempts.filter(pl.col("outcome") == "approved")))
+
+    sent = run_charges(requests, gateway, settings.charging, record)
+    attempts = query(conn, """
+        SELECT a.* FROM billing_attempts a JOIN _days d USING (facility_id, business_date)
+        ORDER BY idempotency_key""", _days=days.select("facility_id", "business_date"))
+    return {"billing_attempts": attempts, "sent": pl.DataFrame({"sent": [sent]})}
+
+
+# --- the whole cycle, as `billing-pipeline run` calls it -------------------------------------
+
+@dataclass(frozen=True)
+class NightSummary:
+    facility_days: int
+    dues_posted: int
+    dues_errors: int
+    billable: int
+    held: int
+    blocked_facility_days: list[str]
+    approved: int
+    declined: int
+    errors: int
+    ledger_problems: dict[str, int]
+
+
+def run_night(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGateway,
+              settings: CycleSettings) -> NightSummary:
+    maintenance(conn, night)
+    posted = post_dues(conn, night)
+    selected = select_billable(conn, night, settings)
+    charged = charge(conn, night, gateway, settings)
+    problems = {name: frame.height for name, frame in ledger.ledger_problems(conn).items()}
+    blocks = selected["billing_blocks"].filter(pl.col("blocked"))
+    outcomes = charged["billing_attempts"].get_column("outcome")
+    return NightSummary(
+        facility_days=night.facility_days.height,
+        dues_posted=posted["dues_postings"].height,
+        dues_errors=posted["dues_posting_errors"].height,
+        billable=selected["billable_customers"].height,
+        held=selected["billable_customers"].filter(pl.col("hold_reason").is_not_null()).height,
+        blocked_facility_days=[f"{r['facility_id']} {r['business_date']}" for r in blocks.iter_rows(named=True)],
+        approved=int((outcomes == "approved").sum()),
+        declined=int((outcomes == "declined").sum()),
+        errors=int((outcomes == "error").sum()),
+        ledger_problems=problems,
+    )

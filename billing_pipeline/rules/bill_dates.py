@@ -1,0 +1,115 @@
+"""Bill-date arithmetic (SPEC 1.2): the one place that knows when a contract bills.
+
+A contract's bill dates are a series: an anchor date plus k steps of days or months. Month
+steps keep the anchor's intended day of month, clamped to the month's last day, so anchor 31
+bills Jan 31, Feb 28 (29), Mar 31 and never drifts. Everything is Polars expressions over the
+columns added by `with_schedule`, so any number of contracts is one vectorized pass.
+
+Series columns: `anchor` (first date of the series), `step_days` (7 or 14, null for month
+steps), `step_months` (1, 3 or 12, null for day steps), `anchor_day` (intended day of month),
+and `extra_first` (a first_bill_date before the facility series, billed once).
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+STEP_DAYS = {"weekly": 7, "biweekly": 14}
+STEP_MONTHS = {"monthly": 1, "quarterly": 3, "yearly": 12}
+
+
+def month_index(date: pl.Expr) -> pl.Expr:
+    return date.dt.year().cast(pl.Int64) * 12 + date.dt.month().cast(pl.Int64) - 1
+
+
+def clamped_date(month_idx: pl.Expr, day: pl.Expr) -> pl.Expr:
+    """The date in month `month_idx` on `day`, or the month's last day if the month is shorter."""
+    year = month_idx.floordiv(12).cast(pl.Int32)
+    month = (month_idx.mod(12) + 1).cast(pl.Int8)
+    last_day = pl.date(year, month, 1).dt.month_end().dt.day()
+    return pl.date(year, month, pl.min_horizontal(day.cast(pl.Int8), last_day))
+
+
+def first_facility_day_on_or_after(date: pl.Expr, frequency: pl.Expr, weekly_day: pl.Expr,
+                                   monthly_day: pl.Expr) -> pl.Expr:
+    """First facility billing day on or after `date`, for the plan's frequency."""
+    weekly = date + pl.duration(days=(weekly_day - date.dt.weekday().cast(pl.Int64)).mod(7))
+    this_month = clamped_date(month_index(date), monthly_day)
+    next_month = clamped_date(month_index(date) + 1, monthly_day)
+    monthly = pl.when(this_month >= date).then(this_month).otherwise(next_month)
+    return pl.when(frequency.is_in(list(STEP_DAYS))).then(weekly).otherwise(monthly)
+
+
+def with_schedule(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """Adds the series columns to contract + plan + facility rows.
+
+    Needs: frequency, schedule, start_date, first_bill_date, weekly_billing_day,
+    monthly_billing_day.
+    """
+    freq, fbd = pl.col("frequency"), pl.col("first_bill_date")
+    rolling = pl.col("schedule") == "contract"
+    staged = frame.with_columns(pl.coalesce(fbd, pl.col("start_date")).alias("_from")).with_columns(
+        first_facility_day_on_or_after(pl.col("_from"), freq, pl.col("weekly_billing_day"),
+                                       pl.col("monthly_billing_day")).alias("_facility_anchor"))
+    return staged.with_columns(
+        pl.when(rolling).then(pl.col("_from")).otherwise(pl.col("_facility_anchor")).alias("anchor"),
+        freq.replace_strict(STEP_DAYS, default=None, return_dtype=pl.Int64).alias("step_days"),
+        freq.replace_strict(STEP_MONTHS, default=None, return_dtype=pl.Int64).alias("step_months"),
+        pl.when(rolling).then(pl.col("_from").dt.day().cast(pl.Int64))
+        .otherwise(pl.col("monthly_billing_day")).alias("anchor_day"),
+        pl.when(~rolling & fbd.is_not_null() & (fbd < pl.col("_facility_anchor"))).then(fbd)
+        .otherwise(None).alias("extra_first"),
+    ).drop("_from", "_facility_anchor")
+
+
+def nth_bill_date(k: pl.Expr) -> pl.Expr:
+    """The k-th date of the series (k = 0 is the anchor)."""
+    by_days = pl.col("anchor") + pl.duration(days=k * pl.col("step_days"))
+    by_months = clamped_date(month_index(pl.col("anchor")) + k * pl.col("step_months"), pl.col("anchor_day"))
+    return pl.when(pl.col("step_days").is_not_null()).then(by_days).otherwise(by_months)
+
+
+def with_series_count(frame: pl.LazyFrame, date: str, name: str) -> pl.LazyFrame:
+    """Adds `name`: how many dates of the series (without extra_first) are on or before `date`."""
+    anchor, d = pl.col("anchor"), pl.col(date)
+    days_k = (d - anchor).dt.total_days().floordiv(pl.col("step_days"))
+    months_k = (month_index(d) - month_index(anchor)).floordiv(pl.col("step_months"))
+    k = pl.col("_k")
+    return (
+        frame.with_columns(pl.when(pl.col("step_days").is_not_null()).then(days_k).otherwise(months_k).alias("_k"))
+        # k steps from the anchor can overshoot `date` within its month: one step back then.
+        .with_columns(pl.when(d.is_null() | (d < anchor)).then(0)
+                      .otherwise(k + 1 - (nth_bill_date(k) > d).cast(pl.Int64)).cast(pl.Int64).alias(name))
+        .drop("_k")
+    )
+
+
+def with_count_between(frame: pl.LazyFrame, after: str, through: str, name: str) -> pl.LazyFrame:
+    """Adds `name`: how many bill dates b have after < b <= through (after null: from the start),
+    and the series positions `_lo` / `_hi` that `explode_bill_dates` uses."""
+    extra, lo, hi = pl.col("extra_first"), pl.col(after), pl.col(through)
+    in_window = extra.is_not_null() & (extra <= hi) & (lo.is_null() | (extra > lo))
+    return (
+        frame.pipe(with_series_count, after, "_lo").pipe(with_series_count, through, "_hi")
+        .with_columns((pl.col("_hi") - pl.col("_lo") + in_window.cast(pl.Int64)).alias(name))
+    )
+
+
+def explode_bill_dates(frame: pl.LazyFrame, after: str, through: str) -> pl.LazyFrame:
+    """One row per bill date b with after < b <= through, as column `bill_date`.
+
+    `frame` comes from `with_count_between`; callers cap the window first, so the explosion
+    stays small.
+    """
+    series = (
+        frame.with_columns(pl.int_ranges("_lo", "_hi", dtype=pl.Int64).alias("_k"))
+        .explode("_k")
+        .filter(pl.col("_k").is_not_null())
+        .with_columns(nth_bill_date(pl.col("_k")).alias("bill_date"))
+        .drop("_k")
+    )
+    extra = frame.filter(
+        pl.col("extra_first").is_not_null() & (pl.col("extra_first") <= pl.col(through))
+        & (pl.col(after).is_null() | (pl.col("extra_first") > pl.col(after)))
+    ).with_columns(pl.col("extra_first").alias("bill_date"))
+    return pl.concat([series, extra], how="vertical").drop("_lo", "_hi")

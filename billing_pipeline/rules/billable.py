@@ -1,0 +1,106 @@
+"""Billable customers and sweeps (SPEC 1.4), and what each is charged (SPEC 1.5).
+
+A customer is billed at their home facility with every reason that applies, and always for the
+whole balance due now. `billable_customers` lists everyone who would be billed before holds;
+`hold_reason` says why someone is not charged.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from billing_pipeline.rules.money import percent_of
+
+QUALIFYING_TYPES = ["membership", "program", "pass"]
+REASONS = ["dues_posted", "retry", "sweep_fixed", "sweep_rolling"]
+BILLABLE_COLUMNS = ["business_date", "facility_id", "customer_id", "reasons", "balance_cents", "hold_reason"]
+
+
+def is_fixed_sweep_day(date: pl.Expr, sweep_days: pl.Expr) -> pl.Expr:
+    """D is one of the days "1;15;31"; a day past the month's end means its last day."""
+    days = sweep_days.str.split(";").list.eval(pl.element().str.strip_chars().cast(pl.Int64))
+    day = date.dt.day().cast(pl.Int64)
+    month_end = date == date.dt.month_end()
+    return (days.list.contains(day) | (month_end & (days.list.max() > day))).fill_null(False)
+
+
+def billable_customers(customer_days: pl.LazyFrame, balances: pl.LazyFrame, due: pl.LazyFrame,
+                       last_attempts: pl.LazyFrame, qualifying: pl.LazyFrame) -> pl.LazyFrame:
+    """Everyone who would be billed on D before holds, with reasons and balance due now.
+
+    customer_days: customer_id, facility_id, business_date + the facility's sweep settings.
+    balances: balance_cents (what was really posted). due: customer_id, business_date,
+    due_cents (dues due tonight before holds), posted_cents (what of it posted).
+    last_attempts: customer_id, last_attempt_date, last_outcome (latest attempt before D).
+    qualifying: customer_id, business_date of customers with a membership / program / pass
+    contract in effect on D.
+    """
+    d = pl.col("business_date")
+    days_since = (d - pl.col("last_attempt_date")).dt.total_days()
+    reasons = {
+        "dues_posted": pl.col("due_cents").is_not_null(),
+        "retry": pl.col("last_outcome").is_in(["declined", "error"]) & pl.col("retry_declined_after_days").is_not_null()
+        & (days_since >= pl.col("retry_declined_after_days")),
+        "sweep_fixed": (pl.col("sweep_mode") == "fixed") & is_fixed_sweep_day(d, pl.col("fixed_sweep_days")),
+        "sweep_rolling": (pl.col("sweep_mode") == "rolling") & pl.col("rolling_sweep_days").is_not_null()
+        & (pl.col("last_attempt_date").is_null() | (days_since >= pl.col("rolling_sweep_days"))),
+    }
+    keys = ["customer_id", "business_date"]
+    before_holds = pl.col("balance_cents") + pl.col("due_cents").fill_null(0) - pl.col("posted_cents").fill_null(0)
+    return (
+        customer_days.join(balances, on=keys, how="left")
+        .join(due, on=keys, how="left")
+        .join(last_attempts, on="customer_id", how="left")
+        .join(qualifying.select(*keys, pl.lit(True).alias("qualifies")), on=keys, how="left")
+        .with_columns(pl.col("balance_cents").fill_null(0))
+        .with_columns(
+            pl.concat_list([pl.when(cond.fill_null(False)).then(pl.lit(name)).otherwise(None)
+                            for name, cond in reasons.items()]).list.drop_nulls().alias("reasons"))
+        .filter(
+            (pl.col("reasons").list.len() > 0) & (before_holds > 0)
+            & (~pl.col("active_contracts_only") | pl.col("qualifies").fill_null(False)))
+    )
+
+
+def sweep_candidates(billable: pl.LazyFrame) -> pl.LazyFrame:
+    return (
+        billable.with_columns(pl.col("reasons").list.set_intersection(["sweep_fixed", "sweep_rolling"]).alias("reason"))
+        .explode("reason").filter(pl.col("reason").is_not_null())
+        .select("business_date", "facility_id", "customer_id", "reason", "balance_cents")
+        .sort("facility_id", "customer_id")
+    )
+
+
+def apply_holds(billable: pl.LazyFrame, duplicate_customers: pl.LazyFrame, usable: pl.LazyFrame,
+                blocks: pl.LazyFrame) -> pl.LazyFrame:
+    keys = ["customer_id", "business_date"]
+    dup = duplicate_customers.select(*keys, pl.lit(True).alias("dup")).unique()
+    blocked = blocks.filter(pl.col("blocked")).select("facility_id", "business_date", pl.lit(True).alias("blocked"))
+    hold = (
+        pl.when(pl.col("dup").fill_null(False)).then(pl.lit("duplicate_contract"))
+        .when(pl.col("payment_method_id").is_null()).then(pl.lit("no_payment_method"))
+        .when(pl.col("blocked").fill_null(False)).then(pl.lit("billing_blocked"))
+        .otherwise(None)
+    )
+    return (
+        billable.join(dup, on=keys, how="left")
+        .join(usable, on=keys, how="left")
+        .join(blocked, on=["facility_id", "business_date"], how="left")
+        .with_columns(hold.alias("hold_reason"))
+    )
+
+
+def charge_requests(held: pl.LazyFrame) -> pl.LazyFrame:
+    """One charge per customer not on hold: the whole balance, plus a card surcharge if enabled.
+
+    The idempotency key is the customer and business date: at most one charge a customer a day.
+    """
+    surcharge = pl.when(pl.col("surcharge_enabled") & (pl.col("payment_kind") == "card")).then(
+        percent_of(pl.col("balance_cents"), pl.col("surcharge_percent").fill_null(0.0))).otherwise(0)
+    return held.filter(pl.col("hold_reason").is_null()).select(
+        pl.format("bill:{}:{}", "customer_id", "business_date").alias("idempotency_key"),
+        "business_date", "facility_id", "customer_id", "payment_method_id", "payment_kind", "token",
+        pl.col("balance_cents").alias("amount_cents"),
+        surcharge.cast(pl.Int64).alias("surcharge_cents"),
+        "surcharge_product_id",
+    ).sort("idempotency_key")

@@ -1,0 +1,128 @@
+"""Maintenance (SPEC 1.1): a contract's status on any date, derived from the export.
+
+The exported status is where a contract starts; `status_changes` rows are applied in
+effective_date, then requested_at order. Which changes apply is decided set-based: a change's
+state before it depends only on the contract's base status, its dates, whether an earlier
+terminate exists and which of freeze / thaw came last before it (an ignored freeze leaves the
+contract frozen, an ignored thaw leaves it active, so "the last one wins" holds).
+
+The result is a timeline: one row per (contract, valid_from) with the status from that date.
+The status on date D is the timeline row with the latest valid_from <= D (`status_on`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+
+IN_EFFECT = ["active", "frozen"]
+ALIVE = ["pending", "active", "frozen"]
+BEGINNING = dt.date(1900, 1, 1)
+
+
+def applied_changes(contracts: pl.LazyFrame, status_changes: pl.LazyFrame) -> pl.LazyFrame:
+    """Every status change of a known contract with `state_before` and `applies`."""
+    base = contracts.select("contract_id", pl.col("status").alias("base_status"), "start_date", "end_date")
+    ordered = (
+        status_changes.join(base, on="contract_id", how="inner")
+        .sort("contract_id", "effective_date", "requested_at", "change_id")
+    )
+    eff, kind, base_status = pl.col("effective_date"), pl.col("kind"), pl.col("base_status")
+    counts_for_freeze_thaw = kind.is_in(["freeze", "thaw"]) & (
+        (base_status != "pending") | (eff >= pl.col("start_date")))
+    last_freeze_thaw = (
+        pl.when(counts_for_freeze_thaw).then(kind).otherwise(None)
+        .shift(1).forward_fill().over("contract_id")
+    )
+    earlier_terminates = (kind == "terminate").cast(pl.Int32).cum_sum().shift(1, fill_value=0).over("contract_id")
+    state_before = (
+        pl.when(base_status.is_in(["terminated", "concluded"])).then(base_status)
+        .when(pl.col("end_date").is_not_null() & (eff > pl.col("end_date"))).then(pl.lit("concluded"))
+        .when(earlier_terminates > 0).then(pl.lit("terminated"))
+        .when((base_status == "pending") & (eff < pl.col("start_date"))).then(pl.lit("pending"))
+        .when(last_freeze_thaw == "freeze").then(pl.lit("frozen"))
+        .when(last_freeze_thaw == "thaw").then(pl.lit("active"))
+        .when(base_status == "pending").then(pl.lit("active"))
+        .otherwise(base_status)
+    )
+    applies = (
+        ((kind == "freeze") & (pl.col("state_before") == "active"))
+        | ((kind == "thaw") & (pl.col("state_before") == "frozen"))
+        | ((kind == "terminate") & pl.col("state_before").is_in(ALIVE))
+    )
+    return ordered.with_columns(state_before.alias("state_before")).with_columns(applies.alias("applies"))
+
+
+def status_timeline(contracts: pl.LazyFrame, changes: pl.LazyFrame) -> pl.LazyFrame:
+    """(contract_id, valid_from, status): the status from valid_from on, latest row wins.
+
+    `changes` is the output of `applied_changes`. Within one date the order is: base, start of a
+    pending contract, the day's changes in requested_at order, then conclusion.
+    """
+    c = contracts.select("contract_id", "status", "start_date", "end_date")
+    first_terminate = (
+        changes.filter(pl.col("applies") & (pl.col("kind") == "terminate"))
+        .group_by("contract_id").agg(pl.col("effective_date").min().alias("terminated_on"))
+    )
+    base = c.select("contract_id", pl.lit(BEGINNING).alias("valid_from"), pl.lit(0).alias("seq"), "status")
+    started = c.filter(pl.col("status") == "pending").select(
+        "contract_id", pl.col("start_date").alias("valid_from"), pl.lit(1).alias("seq"), pl.lit("active").alias("status"))
+    changed = changes.filter(pl.col("applies")).select(
+        "contract_id", pl.col("effective_date").alias("valid_from"),
+        (pl.int_range(pl.len()).over("contract_id") + 2).cast(pl.Int32).alias("seq"),
+        pl.col("kind").replace_strict({"freeze": "frozen", "thaw": "active", "terminate": "terminated"},
+                                      return_dtype=pl.String).alias("status"))
+    concluded = (
+        c.filter(pl.col("status").is_in(ALIVE) & pl.col("end_date").is_not_null())
+        .join(first_terminate, on="contract_id", how="left")
+        .filter(pl.col("terminated_on").is_null() | (pl.col("terminated_on") > pl.col("end_date")))
+        .select("contract_id", (pl.col("end_date") + pl.duration(days=1)).alias("valid_from"),
+                pl.lit(1_000_000).alias("seq"), pl.lit("concluded").alias("status"))
+    )
+    rows = pl.concat([base, started.with_columns(pl.col("seq").cast(pl.Int32)),
+                      changed, concluded.with_columns(pl.col("seq").cast(pl.Int32))],
+                     how="vertical_relaxed")
+    # Nothing follows a termination or a conclusion.
+    final = (
+        rows.filter(pl.col("status").is_in(["terminated", "concluded"]) & (pl.col("seq") > 0))
+        .group_by("contract_id").agg(pl.col("valid_from").min().alias("final_from"))
+    )
+    return (
+        rows.join(final, on="contract_id", how="left")
+        .filter(pl.col("final_from").is_null() | (pl.col("valid_from") <= pl.col("final_from")))
+        .sort("contract_id", "valid_from", "seq")
+        .group_by("contract_id", "valid_from", maintain_order=True).agg(pl.col("status").last())
+        .sort("contract_id", "valid_from")
+    )
+
+
+def status_on(timeline: pl.LazyFrame, pairs: pl.LazyFrame, date_col: str) -> pl.LazyFrame:
+    """`pairs` (contract_id, <date_col>, ...) with the contract's `status` on that date."""
+    return (
+        pairs.sort(date_col)
+        .join_asof(timeline.sort("valid_from"), left_on=date_col, right_on="valid_from",
+                   by="contract_id", strategy="backward", check_sortedness=False)
+        .drop("valid_from")
+    )
+
+
+def status_change_errors(changes: pl.LazyFrame, facility_days: pl.LazyFrame) -> pl.LazyFrame:
+    """Changes that do not apply, reported once: on the first processed date on or after them.
+
+    `changes` carries the contract's `facility_id`; `facility_days` has facility_id,
+    business_date and previous_business_date (the facility's last processed date before).
+    """
+    return (
+        changes.filter(~pl.col("applies"))
+        .join(facility_days, on="facility_id", how="inner")
+        .filter((pl.col("effective_date") <= pl.col("business_date"))
+                & (pl.col("previous_business_date").is_null()
+                   | (pl.col("effective_date") > pl.col("previous_business_date"))))
+        .select(
+            "business_date", "facility_id", "change_id", "contract_id",
+            pl.lit("not_applicable").alias("error_code"),
+            pl.format("{} effective {} does not apply: the contract is {} then",
+                      pl.col("kind"), pl.col("effective_date"), pl.col("state_before")).alias("message"),
+        )
+    )

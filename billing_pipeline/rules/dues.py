@@ -1,0 +1,148 @@
+"""Dues posting (SPEC 1.3): which periods post tonight, and which contracts are in error.
+
+A period is a (contract, bill date). Every unposted period with a bill date on or before the
+business date posts once: dues if the contract is active on that bill date, the plan's freeze
+fee if it is frozen then and the fee is above 0, nothing otherwise (no catch-up for frozen
+periods). A contract in error posts nothing; its error repeats each night until the data is
+fixed, and then the missed periods catch up.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from billing_pipeline.rules import bill_dates
+from billing_pipeline.rules.contract_status import IN_EFFECT, status_on
+
+MAX_MISSED_PERIODS = 12
+# Above this many bill dates in the window, the window is not expanded: it is an error anyway.
+EXPANSION_CAP = 400
+
+DUE_COLUMNS = ["business_date", "facility_id", "contract_id", "customer_id", "bill_date", "kind", "amount_cents"]
+ERROR_COLUMNS = ["business_date", "facility_id", "contract_id", "customer_id", "error_code", "message"]
+
+
+def contracts_for_days(contracts: pl.LazyFrame, customers: pl.LazyFrame, facilities: pl.LazyFrame,
+                       plans: pl.LazyFrame, facility_days: pl.LazyFrame) -> pl.LazyFrame:
+    """Contracts processed on these facility-days, with plan, customer and facility looked up.
+
+    A contract is processed by its facility, or by its customer's home facility when its own
+    facility does not exist (so that the error is reported somewhere).
+    """
+    known_facilities = facilities.select("facility_id", pl.lit(True).alias("facility_known"))
+    routed = (
+        contracts.join(known_facilities, on="facility_id", how="left")
+        .join(customers.select("customer_id", pl.col("facility_id").alias("home_facility_id"),
+                               pl.lit(True).alias("customer_known")), on="customer_id", how="left")
+        .with_columns(
+            pl.col("facility_known").fill_null(False), pl.col("customer_known").fill_null(False),
+            pl.when(pl.col("facility_known")).then(pl.col("facility_id"))
+            .otherwise(pl.col("home_facility_id")).alias("processing_facility_id"),
+            pl.col("facility_id").alias("contract_facility_id"),
+        )
+        .drop("facility_id", "home_facility_id")
+        .rename({"processing_facility_id": "facility_id"})
+    )
+    settings = facilities.select("facility_id", "weekly_billing_day", "monthly_billing_day")
+    plan_cols = plans.select("plan_id", "contract_type", "frequency", "schedule",
+                             pl.col("dues_cents").alias("plan_dues_cents"), "freeze_fee_cents",
+                             pl.lit(True).alias("plan_known"))
+    return (
+        routed.join(facility_days.select("facility_id", "business_date"), on="facility_id", how="inner")
+        .join(settings, on="facility_id", how="left")
+        .join(plan_cols, on="plan_id", how="left")
+        .with_columns(
+            pl.col("plan_known").fill_null(False),
+            pl.coalesce("dues_cents", "plan_dues_cents").alias("amount_cents"),
+            pl.col("freeze_fee_cents").fill_null(0),
+        )
+    )
+
+
+def data_errors(processed: pl.LazyFrame, duplicate_customers: pl.LazyFrame) -> pl.LazyFrame:
+    """Per contract: the data problems that stop its dues from posting (may be several)."""
+    dup = duplicate_customers.select("business_date", "customer_id", pl.lit(True).alias("duplicate_hold")).unique()
+    c = processed.join(dup, on=["business_date", "customer_id"], how="left")
+    checks = [
+        ("unknown_plan", ~pl.col("plan_known"), pl.format("plan {} does not exist", "plan_id")),
+        ("unknown_customer", ~pl.col("customer_known"), pl.format("customer {} does not exist", "customer_id")),
+        ("unknown_facility", ~pl.col("facility_known"),
+         pl.format("facility {} does not exist", "contract_facility_id")),
+        ("negative_amount", (pl.col("amount_cents") < 0) | (pl.col("freeze_fee_cents") < 0),
+         pl.format("dues of {} cents (freeze fee {}) are negative", "amount_cents", "freeze_fee_cents")),
+        ("invalid_dates", pl.col("end_date") < pl.col("start_date"),
+         pl.format("end date {} is before start date {}", "end_date", "start_date")),
+        ("duplicate_contract", pl.col("duplicate_hold").fill_null(False),
+         pl.format("customer {} has two or more contracts in effect for one plan: held until resolved",
+                   "customer_id")),
+    ]
+    parts = [
+        c.filter(cond.fill_null(False)).select(
+            "business_date", "facility_id", "contract_id", "customer_id",
+            pl.lit(code).alias("error_code"), msg.alias("message"))
+        for code, cond, msg in checks
+    ]
+    return pl.concat(parts, how="vertical")
+
+
+def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Unposted periods up to the business date, and contracts with too many of them.
+
+    `processed` must be free of plan errors (it needs the plan's schedule). `last_posted`:
+    contract_id, last_bill_date (latest period posted before this business date).
+    Returns (periods with kind and amount, too_many_missed_periods errors).
+    """
+    windows = (
+        processed.join(last_posted, on="contract_id", how="left")
+        .pipe(bill_dates.with_schedule)
+        .pipe(bill_dates.with_count_between, "last_bill_date", "business_date", "n_dates")
+        .filter(pl.col("n_dates") > 0)
+    )
+    expanded = bill_dates.explode_bill_dates(windows.filter(pl.col("n_dates") <= EXPANSION_CAP),
+                                             "last_bill_date", "business_date")
+    with_status = status_on(timeline, expanded, "bill_date")
+    periods = (
+        with_status.with_columns(
+            pl.when(pl.col("status") == "active").then(pl.lit("dues"))
+            .when((pl.col("status") == "frozen") & (pl.col("freeze_fee_cents") > 0)).then(pl.lit("freeze_fee"))
+            .otherwise(None).alias("kind"))
+        .filter(pl.col("kind").is_not_null())
+        .with_columns(pl.when(pl.col("kind") == "dues").then(pl.col("amount_cents"))
+                      .otherwise(pl.col("freeze_fee_cents")).alias("amount_cents"))
+    )
+    counts = periods.group_by("contract_id").agg(
+        pl.len().cast(pl.Int64).alias("n_periods"), pl.col("bill_date").min().alias("first"), pl.col("bill_date").max().alias("last"))
+    overflow = windows.filter(pl.col("n_dates") > EXPANSION_CAP).select(
+        "contract_id", pl.col("n_dates").alias("n_periods"), pl.lit(None, pl.Date).alias("first"),
+        pl.col("business_date").alias("last"))
+    too_many = (
+        pl.concat([counts.filter(pl.col("n_periods") > MAX_MISSED_PERIODS), overflow], how="vertical")
+        .join(processed.select("business_date", "facility_id", "contract_id", "customer_id"), on="contract_id")
+        .select("business_date", "facility_id", "contract_id", "customer_id",
+                pl.lit("too_many_missed_periods").alias("error_code"),
+                pl.format("{} unposted periods through {} (more than {}): set first_bill_date or post them manually",
+                          "n_periods", "last", pl.lit(MAX_MISSED_PERIODS)).alias("message"))
+    )
+    return periods.select(DUE_COLUMNS), too_many
+
+
+def post_dues(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl.LazyFrame,
+              duplicate_customers: pl.LazyFrame) -> dict[str, pl.LazyFrame]:
+    """due_contracts (before holds), dues_postings and dues_posting_errors for the facility-days."""
+    errors = data_errors(processed, duplicate_customers)
+    schedulable = processed.filter(pl.col("plan_known"))
+    periods, too_many = due_periods(schedulable, last_posted, timeline)
+    in_effect_today = status_on(timeline, processed.select("contract_id", "business_date"), "business_date").filter(
+        pl.col("status").is_in(IN_EFFECT)).select("contract_id")
+    has_periods = periods.select("contract_id").unique()
+    # Data errors are reported for contracts that matter tonight: in effect, or owing periods.
+    relevant = pl.concat([in_effect_today, has_periods]).unique()
+    errors = pl.concat([errors.join(relevant, on="contract_id", how="semi"), too_many], how="vertical")
+    blocking_codes = errors.filter(pl.col("error_code") != "duplicate_contract").select("contract_id").unique()
+    due = periods.join(blocking_codes, on="contract_id", how="anti")
+    postings = due.join(errors.select("contract_id").unique(), on="contract_id", how="anti")
+    return {
+        "due_contracts": due.sort("facility_id", "contract_id", "bill_date"),
+        "dues_postings": postings.sort("facility_id", "contract_id", "bill_date"),
+        "dues_posting_errors": errors.select(ERROR_COLUMNS).sort("facility_id", "contract_id", "error_code"),
+    }

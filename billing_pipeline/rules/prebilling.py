@@ -1,0 +1,92 @@
+"""Pre-billing checks (SPEC 1.6): duplicate contracts, recurring dues with no payment method,
+and whether the flagged share is large enough to block a window's billing.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from billing_pipeline.rules.contract_status import IN_EFFECT
+
+DEFAULT_BLOCK_SHARE = 0.02
+
+
+def usable_payment_methods(payment_methods: pl.LazyFrame, customer_days: pl.LazyFrame) -> pl.LazyFrame:
+    """customer_id, business_date -> the default method if not removed and not expired on D.
+
+    With several defaults (a data slip), the highest payment_method_id is taken, deterministically.
+    """
+    defaults = payment_methods.filter(pl.col("is_default"))
+    return (
+        customer_days.select("customer_id", "business_date")
+        .join(defaults, on="customer_id", how="inner")
+        .filter(~pl.col("removed") & (pl.col("expires_on").is_null() | (pl.col("business_date") <= pl.col("expires_on"))))
+        .sort("payment_method_id")
+        .group_by("customer_id", "business_date").agg(pl.all().last())
+        .select("customer_id", "business_date", "payment_method_id", pl.col("kind").alias("payment_kind"), "token")
+    )
+
+
+def duplicate_contracts(statuses: pl.LazyFrame, customers: pl.LazyFrame) -> pl.LazyFrame:
+    """A customer with two or more contracts in effect on D for the same plan.
+
+    `statuses`: business_date, contract_id, customer_id, plan_id, status (contracts of the days).
+    Reported under the customer's home facility.
+    """
+    return (
+        statuses.filter(pl.col("status").is_in(IN_EFFECT))
+        .group_by("business_date", "customer_id", "plan_id")
+        .agg(pl.col("contract_id").sort().alias("contract_ids"))
+        .filter(pl.col("contract_ids").list.len() >= 2)
+        .join(customers.select("customer_id", "facility_id"), on="customer_id", how="inner")
+        .select("business_date", "facility_id", "customer_id", "plan_id", "contract_ids")
+        .sort("facility_id", "customer_id", "plan_id")
+    )
+
+
+def recurring_dues_without_payment_method(statuses: pl.LazyFrame, customers: pl.LazyFrame,
+                                          usable: pl.LazyFrame) -> pl.LazyFrame:
+    """Contracts in effect with dues above 0 whose customer has no usable payment method on D.
+
+    `statuses` carries amount_cents (the contract's dues).
+    """
+    return (
+        statuses.filter(pl.col("status").is_in(IN_EFFECT) & (pl.col("amount_cents") > 0))
+        .join(customers.select("customer_id", "facility_id"), on="customer_id", how="inner")
+        .join(usable, on=["customer_id", "business_date"], how="anti")
+        .select("business_date", "facility_id", "customer_id", "contract_id")
+        .sort("facility_id", "customer_id", "contract_id")
+    )
+
+
+def billing_blocks(candidates: pl.LazyFrame, flagged: pl.LazyFrame, facility_days: pl.LazyFrame,
+                   max_share: float) -> pl.LazyFrame:
+    """Per facility-day: does its window block billing?
+
+    The share is flagged customers among those who would be billed before holds, over the whole
+    window (partition_key), so the Dagster partition and `billing-pipeline run` decide alike.
+    No one to bill: no block.
+    """
+    per_day = (
+        candidates.select("business_date", "facility_id", "customer_id")
+        .join(flagged.select("business_date", "customer_id", pl.lit(1).alias("flag")).unique(),
+              on=["business_date", "customer_id"], how="left")
+        .group_by("business_date", "facility_id")
+        .agg(pl.len().alias("billable_customers"), pl.col("flag").sum().alias("flagged_customers"))
+    )
+    days = (
+        facility_days.select("business_date", "facility_id", "partition_key")
+        .join(per_day, on=["business_date", "facility_id"], how="left")
+        .with_columns(pl.col("billable_customers", "flagged_customers").fill_null(0).cast(pl.Int64))
+    )
+    window = days.group_by("partition_key").agg(
+        pl.col("billable_customers").sum().alias("window_billable"),
+        pl.col("flagged_customers").sum().alias("window_flagged"))
+    share = pl.when(pl.col("window_billable") > 0).then(
+        pl.col("window_flagged") / pl.col("window_billable")).otherwise(0.0)
+    return (
+        days.join(window, on="partition_key")
+        .with_columns(share.alias("window_flagged_share"), pl.lit(max_share).alias("max_share"))
+        .with_columns((pl.col("window_flagged_share") > pl.col("max_share")).alias("blocked"))
+        .sort("facility_id")
+    )

@@ -1,0 +1,110 @@
+"""The ledger's write path and what is read back from it: the one module that touches `ledger`.
+
+The ledger is append-only. Entry ids are made from what they record, so a second posting of a
+period or of a day's payment has the same id and is dropped, not added: rerunning anything
+never posts twice. `customer_balances` moves in the same transaction; the ledger check
+(`ledger_problems`) recomputes it from the entries after every run.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import polars as pl
+
+from billing_pipeline.warehouse.store import query, register
+
+LEDGER_COLUMNS = ["entry_id", "business_date", "facility_id", "customer_id", "kind", "amount_cents",
+                  "contract_id", "bill_date", "idempotency_key"]
+
+
+def period_entry_id(contract_id: pl.Expr, bill_date: pl.Expr) -> pl.Expr:
+    return pl.format("period|{}|{}", contract_id, bill_date)
+
+
+def dues_entries(postings: pl.DataFrame) -> pl.DataFrame:
+    return postings.select(
+        period_entry_id(pl.col("contract_id"), pl.col("bill_date")).alias("entry_id"),
+        "business_date", "facility_id", "customer_id", "kind", "amount_cents", "contract_id", "bill_date",
+        pl.lit(None, pl.String).alias("idempotency_key"))
+
+
+def billing_entries(approved: pl.DataFrame) -> pl.DataFrame:
+    """Ledger entries for approved charges: the surcharge (a debit, if any) and the payment of
+    the whole amount charged (a credit), so the balance after it is zero."""
+    base = approved.select("business_date", "facility_id", "customer_id", "idempotency_key",
+                           "amount_cents", "surcharge_cents")
+    surcharges = base.filter(pl.col("surcharge_cents") > 0).select(
+        pl.format("surcharge|{}", "idempotency_key").alias("entry_id"), "business_date", "facility_id",
+        "customer_id", pl.lit("surcharge").alias("kind"), pl.col("surcharge_cents").alias("amount_cents"),
+        pl.lit(None, pl.String).alias("contract_id"), pl.lit(None, pl.Date).alias("bill_date"), "idempotency_key")
+    payments = base.select(
+        pl.format("payment|{}", "idempotency_key").alias("entry_id"), "business_date", "facility_id",
+        "customer_id", pl.lit("billing_payment").alias("kind"),
+        (-(pl.col("amount_cents") + pl.col("surcharge_cents"))).alias("amount_cents"),
+        pl.lit(None, pl.String).alias("contract_id"), pl.lit(None, pl.Date).alias("bill_date"), "idempotency_key")
+    return pl.concat([surcharges, payments])
+
+
+def post_entries(conn: duckdb.DuckDBPyConnection, entries: pl.DataFrame) -> int:
+    """Appends the entries not in the ledger yet and moves balances by them (inside a
+    transaction). Returns how many were new."""
+    if entries.height == 0:
+        return 0
+    fresh = query(conn, "SELECT e.* FROM _entries e ANTI JOIN ledger l USING (entry_id)",
+                  _entries=entries.select(LEDGER_COLUMNS).unique("entry_id", keep="first", maintain_order=True))
+    if fresh.height == 0:
+        return 0
+    moves = fresh.group_by("customer_id").agg(pl.col("amount_cents").sum().alias("delta"), pl.len().alias("n"))
+    register(conn, "_fresh", fresh)
+    register(conn, "_moves", moves)
+    columns = ", ".join(LEDGER_COLUMNS)
+    conn.execute(f"INSERT INTO ledger ({columns}, posted_at) SELECT {columns}, now() FROM _fresh")
+    conn.execute("""
+        INSERT INTO customer_balances SELECT customer_id, delta, n FROM _moves
+        ON CONFLICT (customer_id) DO UPDATE
+        SET balance_cents = balance_cents + excluded.balance_cents, entries = entries + excluded.entries""")
+    conn.unregister("_fresh")
+    conn.unregister("_moves")
+    return fresh.height
+
+
+def ledger_sums(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame) -> pl.DataFrame:
+    """Per customer: ledger entries before D, and dues / freeze fees posted on D (SPEC 1.4)."""
+    return query(conn, """
+        SELECT l.customer_id,
+               coalesce(sum(l.amount_cents) FILTER (WHERE l.business_date < c.business_date), 0)::BIGINT
+                   AS ledger_before_cents,
+               coalesce(sum(l.amount_cents) FILTER (WHERE l.business_date = c.business_date
+                   AND l.kind IN ('dues', 'freeze_fee')), 0)::BIGINT AS ledger_dues_today_cents
+        FROM ledger l JOIN _days c USING (customer_id)
+        GROUP BY l.customer_id""", _days=customer_days.select("customer_id", "business_date"))
+
+
+def last_posted_periods(conn: duckdb.DuckDBPyConnection, contract_days: pl.DataFrame) -> pl.DataFrame:
+    """Per contract: the latest bill date posted before the business date."""
+    return query(conn, """
+        SELECT l.contract_id, max(l.bill_date) AS last_bill_date
+        FROM ledger l JOIN _days c USING (contract_id)
+        WHERE l.kind IN ('dues', 'freeze_fee') AND l.business_date < c.business_date
+        GROUP BY l.contract_id""", _days=contract_days.select("contract_id", "business_date"))
+
+
+def ledger_problems(conn: duckdb.DuckDBPyConnection) -> dict[str, pl.DataFrame]:
+    """The ledger invariant: balances equal debits minus credits, and no key appears twice."""
+    return {
+        "balance_mismatches": query(conn, """
+            WITH sums AS (SELECT customer_id, sum(amount_cents)::BIGINT AS ledger_cents, count(*) AS n
+                          FROM ledger GROUP BY customer_id)
+            SELECT coalesce(s.customer_id, b.customer_id) AS customer_id, s.ledger_cents, b.balance_cents
+            FROM sums s FULL JOIN customer_balances b USING (customer_id)
+            WHERE s.ledger_cents IS DISTINCT FROM b.balance_cents OR s.n IS DISTINCT FROM b.entries
+            ORDER BY 1 LIMIT 100"""),
+        "duplicate_periods": query(conn, """
+            SELECT contract_id, bill_date, count(*) AS n FROM ledger
+            WHERE kind IN ('dues', 'freeze_fee') GROUP BY ALL HAVING count(*) > 1 ORDER BY 1, 2 LIMIT 100"""),
+        "duplicate_payments": query(conn, """
+            SELECT idempotency_key, kind, count(*) AS n FROM ledger
+            WHERE kind IN ('billing_payment', 'surcharge') GROUP BY ALL HAVING count(*) > 1 ORDER BY 1 LIMIT 100"""),
+        "duplicate_entry_ids": query(conn, """
+            SELECT entry_id, count(*) AS n FROM ledger GROUP BY ALL HAVING count(*) > 1 ORDER BY 1 LIMIT 100"""),
+    }

@@ -1,0 +1,91 @@
+-- The analysts' tables (SPEC section 4). Money in cents (BIGINT); debits positive, credits negative.
+-- Tables written per facility-day carry business_date and facility_id: a rerun deletes the
+-- facility-day's rows and inserts the new ones in one transaction.
+
+CREATE TABLE IF NOT EXISTS processed_days (
+    facility_id VARCHAR, business_date DATE, partition_key VARCHAR, run_at TIMESTAMPTZ,
+    processed_at TIMESTAMPTZ);
+
+-- Status intervals: a row when a contract's status on a processed date differs from the
+-- processed date before. The daily view below expands them.
+CREATE TABLE IF NOT EXISTS contract_status_log (
+    business_date DATE, facility_id VARCHAR, contract_id VARCHAR, customer_id VARCHAR, status VARCHAR);
+
+CREATE TABLE IF NOT EXISTS status_change_errors (
+    business_date DATE, facility_id VARCHAR, change_id VARCHAR, contract_id VARCHAR,
+    error_code VARCHAR, message VARCHAR);
+
+CREATE TABLE IF NOT EXISTS due_contracts (
+    business_date DATE, facility_id VARCHAR, contract_id VARCHAR, customer_id VARCHAR,
+    bill_date DATE, kind VARCHAR, amount_cents BIGINT);
+
+CREATE TABLE IF NOT EXISTS dues_postings (
+    business_date DATE, facility_id VARCHAR, contract_id VARCHAR, customer_id VARCHAR,
+    bill_date DATE, kind VARCHAR, amount_cents BIGINT, entry_id VARCHAR);
+
+CREATE TABLE IF NOT EXISTS dues_posting_errors (
+    business_date DATE, facility_id VARCHAR, contract_id VARCHAR, customer_id VARCHAR,
+    error_code VARCHAR, message VARCHAR);
+
+-- Append-only. One entry per period (entry_id 'period|contract|bill_date'), one payment and
+-- one surcharge per idempotency key: a second posting of either is impossible.
+CREATE TABLE IF NOT EXISTS ledger (
+    entry_id VARCHAR PRIMARY KEY, business_date DATE NOT NULL, facility_id VARCHAR NOT NULL,
+    customer_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, amount_cents BIGINT NOT NULL,
+    contract_id VARCHAR, bill_date DATE, idempotency_key VARCHAR, posted_at TIMESTAMPTZ);
+
+-- Running balance per customer, updated in the same transaction as the ledger; the ledger
+-- check compares it with the sum of the ledger after every run.
+CREATE TABLE IF NOT EXISTS customer_balances (
+    customer_id VARCHAR PRIMARY KEY, balance_cents BIGINT NOT NULL, entries BIGINT NOT NULL);
+
+CREATE TABLE IF NOT EXISTS duplicate_contracts (
+    business_date DATE, facility_id VARCHAR, customer_id VARCHAR, plan_id VARCHAR, contract_ids VARCHAR[]);
+
+CREATE TABLE IF NOT EXISTS recurring_dues_without_payment_method (
+    business_date DATE, facility_id VARCHAR, customer_id VARCHAR, contract_id VARCHAR);
+
+CREATE TABLE IF NOT EXISTS billing_blocks (
+    business_date DATE, facility_id VARCHAR, partition_key VARCHAR, billable_customers BIGINT,
+    flagged_customers BIGINT, window_billable BIGINT, window_flagged BIGINT,
+    window_flagged_share DOUBLE, max_share DOUBLE, blocked BOOLEAN);
+
+CREATE TABLE IF NOT EXISTS billable_customers (
+    business_date DATE, facility_id VARCHAR, customer_id VARCHAR, reasons VARCHAR[],
+    balance_cents BIGINT, hold_reason VARCHAR, payment_method_id VARCHAR);
+
+CREATE TABLE IF NOT EXISTS sweep_candidates (
+    business_date DATE, facility_id VARCHAR, customer_id VARCHAR, reason VARCHAR, balance_cents BIGINT);
+
+-- Write-ahead record of every charge before the gateway sees it: a killed run resends exactly
+-- these requests, with the same idempotency keys.
+CREATE TABLE IF NOT EXISTS charge_requests (
+    idempotency_key VARCHAR PRIMARY KEY, business_date DATE NOT NULL, facility_id VARCHAR NOT NULL,
+    customer_id VARCHAR NOT NULL, payment_method_id VARCHAR NOT NULL, payment_kind VARCHAR,
+    token VARCHAR, amount_cents BIGINT NOT NULL, surcharge_cents BIGINT NOT NULL,
+    surcharge_product_id VARCHAR, requested_at TIMESTAMPTZ);
+
+-- Final outcomes only (approved / declined / error), one per idempotency key.
+CREATE TABLE IF NOT EXISTS billing_attempts (
+    idempotency_key VARCHAR PRIMARY KEY, business_date DATE NOT NULL, facility_id VARCHAR NOT NULL,
+    customer_id VARCHAR NOT NULL, payment_method_id VARCHAR NOT NULL, amount_cents BIGINT NOT NULL,
+    surcharge_cents BIGINT NOT NULL, outcome VARCHAR NOT NULL, decline_code VARCHAR,
+    gateway_reference VARCHAR, tries INTEGER, message VARCHAR, completed_at TIMESTAMPTZ);
+
+CREATE OR REPLACE VIEW failed_billing_events AS
+SELECT business_date, facility_id, customer_id, amount_cents, surcharge_cents, outcome,
+       decline_code, coalesce(decline_code, message) AS reason, payment_method_id, idempotency_key
+FROM billing_attempts WHERE outcome IN ('declined', 'error');
+
+CREATE OR REPLACE VIEW contract_status_intervals AS
+SELECT facility_id, contract_id, customer_id, status, business_date AS valid_from,
+       lead(business_date) OVER (PARTITION BY contract_id ORDER BY business_date) AS valid_until
+FROM contract_status_log;
+
+-- Status of every contract on every processed date of its facility.
+CREATE OR REPLACE VIEW contract_status_daily AS
+SELECT p.business_date, i.facility_id, i.contract_id, i.customer_id, i.status
+FROM processed_days p
+JOIN contract_status_intervals i
+  ON i.facility_id = p.facility_id AND i.valid_from <= p.business_date
+ AND (i.valid_until IS NULL OR p.business_date < i.valid_until);

@@ -1,0 +1,103 @@
+"""The DuckDB warehouse: one file analysts query, written so they can query it during a run.
+
+DuckDB lets one process write a file, and while it does no other process can open it, not even
+to read. So the pipeline writes its own copy, `<name>.writer.duckdb`, and after each step
+publishes it: a checkpoint, a copy, and an atomic rename onto `<name>.duckdb`. An analyst's
+open connection keeps reading the snapshot it opened; a new one sees the latest finished step.
+A run that fails before publishing leaves the analysts' file exactly as it was.
+
+Every write of a facility-day replaces that facility-day's rows in one transaction, so a rerun
+never appends twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from importlib import resources
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+
+class Warehouse:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def writer_path(self) -> Path:
+        return self.path.with_name(self.path.stem + ".writer.duckdb")
+
+    @contextlib.contextmanager
+    def connect(self, publish: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection to the writer copy; on success the result is published."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.writer_path.exists() and self.path.exists():
+            shutil.copyfile(self.path, self.writer_path)
+        conn = duckdb.connect(str(self.writer_path))
+        try:
+            conn.execute(resources.files("billing_pipeline.warehouse").joinpath("schema.sql").read_text())
+            yield conn
+            if publish:
+                conn.execute("CHECKPOINT")
+        finally:
+            conn.close()
+        if publish:
+            self.publish()
+
+    def publish(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        shutil.copyfile(self.writer_path, tmp)
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.path)
+
+
+@contextlib.contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def register(conn: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> str:
+    conn.register(name, frame.to_arrow())
+    return name
+
+
+def replace_facility_days(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame,
+                          facility_days: pl.DataFrame) -> int:
+    """Delete the facility-days' rows of `table` and insert `frame` (call inside a transaction)."""
+    register(conn, "_days", facility_days.select("facility_id", "business_date"))
+    conn.execute(f"DELETE FROM {table} t USING _days d "
+                 "WHERE t.facility_id = d.facility_id AND t.business_date = d.business_date")
+    conn.unregister("_days")
+    return insert(conn, table, frame)
+
+
+def insert(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> int:
+    if frame.height == 0:
+        return 0
+    register(conn, "_rows", frame)
+    columns = ", ".join(frame.columns)
+    conn.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM _rows")
+    conn.unregister("_rows")
+    return frame.height
+
+
+def query(conn: duckdb.DuckDBPyConnection, sql: str, **frames: pl.DataFrame) -> pl.DataFrame:
+    """Runs `sql` with the given frames visible as tables, returns a Polars frame."""
+    for name, frame in frames.items():
+        register(conn, name, frame)
+    try:
+        return conn.sql(sql).pl()
+    finally:
+        for name in frames:
+            conn.unregister(name)
