@@ -380,7 +380,7 @@ def _facility_bill_days(weekly_day: np.ndarray, monthly_day: list[int], day0: in
     for wday, mday in zip(weekly_day, monthly_day):
         monthly = [(dt.date(y, m, min(mday, calendar.monthrange(y, m)[1])) - EPOCH).days for y, m in months]
         # ISO weekday of a day number: 1970-01-01 was a Thursday (4).
-        weekly = [d for d in range(day0 - 3, day0 + 25) if (d + 3) % 7 + 1 == wday]
+        weekly = [d for d in range(day0 - 3, day0 + 15) if (d + 3) % 7 + 1 == wday]
         for group, (lo, hi) in enumerate(FIRST_BILL_WINDOW):
             pool = weekly if group == 0 else monthly
             per_group[group].append([d for d in pool if day0 + lo <= d <= day0 + hi])

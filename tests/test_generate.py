@@ -143,6 +143,7 @@ def test_contracts_every_status_with_consistent_dates(tables):
     assert c["dues_cents"].null_count() > 0.8 * c.height
     customers = tables["customers"]
     assert 0.75 < customers.height / c.height < 0.85
+    assert 0.01 < customers["email"].null_count() / customers.height < 0.1
     homes = c.join(customers.select("customer_id", home="facility_id"), on="customer_id")
     assert (homes["facility_id"] == homes["home"]).all()
 

@@ -1,0 +1,1 @@
+"""The Dagster shell: assets, partitions, schedules and resources around billing_pipeline's core."""

@@ -1,0 +1,81 @@
+"""Billing (SPEC 1.4 - 1.6): billable customers and sweeps with the pre-billing checks, then charging."""
+
+import dagster as dg
+import polars as pl
+
+from assets.dues import DUES_POSTINGS
+from assets.partitions import facility_day_windows
+from assets.resources import BillingSettings, ExportFolder, GatewayResource, WarehouseResource, frame_metadata
+from billing_pipeline import cycle
+from checks import prebilling
+from checks.ledger import ledger_check_result, ledger_check_spec
+
+BILLABLE_CUSTOMERS = prebilling.BILLABLE_CUSTOMERS
+SWEEP_CANDIDATES = dg.AssetKey("sweep_candidates")
+DUPLICATE_CONTRACTS = dg.AssetKey("duplicate_contracts")
+WITHOUT_PAYMENT_METHOD = dg.AssetKey("recurring_dues_without_payment_method")
+BILLING_ATTEMPTS = dg.AssetKey("billing_attempts")
+FAILED_BILLING_EVENTS = dg.AssetKey("failed_billing_events")
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(BILLABLE_CUSTOMERS, group_name="billing", kinds={"duckdb"}, deps=[DUES_POSTINGS],
+                     description="Who is billed tonight, with every reason, balance due now and any hold."),
+        dg.AssetSpec(SWEEP_CANDIDATES, group_name="billing", kinds={"duckdb"}, deps=[DUES_POSTINGS],
+                     description="Customers billed by a fixed or rolling sweep."),
+        dg.AssetSpec(DUPLICATE_CONTRACTS, group_name="billing", kinds={"duckdb"}, deps=[DUES_POSTINGS],
+                     description="Pre-billing report: two or more contracts in effect for one plan."),
+        dg.AssetSpec(WITHOUT_PAYMENT_METHOD, group_name="billing", kinds={"duckdb"}, deps=[DUES_POSTINGS],
+                     description="Pre-billing report: recurring dues and no usable payment method."),
+    ],
+    check_specs=prebilling.CHECK_SPECS,
+    partitions_def=facility_day_windows,
+)
+def billable(context: dg.AssetExecutionContext, export: ExportFolder, warehouse: WarehouseResource,
+             billing: BillingSettings):
+    """Selects billable customers and runs the pre-billing checks before any charge."""
+    night = export.night(context.partition_key)
+    with warehouse.get().connect() as conn:
+        out = cycle.select_billable(conn, night, billing.cycle())
+    held = out["billable_customers"].group_by("hold_reason").len().sort("hold_reason")
+    yield dg.MaterializeResult(asset_key=BILLABLE_CUSTOMERS, metadata={
+        **frame_metadata(out["billable_customers"].with_columns(pl.col("reasons").list.join(", "))),
+        "holds": dg.MetadataValue.json({str(r["hold_reason"]): r["len"] for r in held.iter_rows(named=True)})})
+    yield dg.MaterializeResult(asset_key=SWEEP_CANDIDATES, metadata=frame_metadata(out["sweep_candidates"]))
+    yield dg.MaterializeResult(asset_key=DUPLICATE_CONTRACTS, metadata=frame_metadata(
+        out["duplicate_contracts"].with_columns(pl.col("contract_ids").list.join(", "))))
+    yield dg.MaterializeResult(asset_key=WITHOUT_PAYMENT_METHOD,
+                               metadata=frame_metadata(out["recurring_dues_without_payment_method"]))
+    yield from prebilling.check_results(out)
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(BILLING_ATTEMPTS, group_name="billing", kinds={"duckdb"}, deps=[BILLABLE_CUSTOMERS],
+                     description="One charge per billable customer not on hold, with its outcome."),
+        dg.AssetSpec(FAILED_BILLING_EVENTS, group_name="billing", kinds={"duckdb"}, deps=[BILLING_ATTEMPTS],
+                     description="Post-billing report: declines and gateway errors, with the reason."),
+    ],
+    check_specs=[ledger_check_spec(BILLING_ATTEMPTS)],
+    partitions_def=facility_day_windows,
+)
+def charging(context: dg.AssetExecutionContext, export: ExportFolder, warehouse: WarehouseResource,
+             gateway: GatewayResource, billing: BillingSettings):
+    """Charges through the payment gateway; a rerun resends only what has no outcome yet."""
+    night = export.night(context.partition_key)
+    gw = gateway.open()
+    try:
+        with warehouse.get().connect() as conn:
+            out = cycle.charge(conn, night, gw, billing.cycle())
+            ledger = ledger_check_result(conn, BILLING_ATTEMPTS)
+    finally:
+        gw.close()
+    attempts = out["billing_attempts"]
+    outcomes = attempts.group_by("outcome").len().sort("outcome")
+    yield dg.MaterializeResult(asset_key=BILLING_ATTEMPTS, metadata={
+        **frame_metadata(attempts), "sent_this_run": int(out["sent"].item()),
+        "outcomes": dg.MetadataValue.json({r["outcome"]: r["len"] for r in outcomes.iter_rows(named=True)})})
+    yield dg.MaterializeResult(asset_key=FAILED_BILLING_EVENTS, metadata=frame_metadata(
+        attempts.filter(pl.col("outcome") != "approved")))
+    yield ledger

@@ -1,0 +1,11 @@
+"""Hourly UTC windows: a partition holds every facility-day whose 03:00 local falls in it.
+
+See billing_pipeline.facility_clock for the rule; about 24 partitions a day whatever the number
+of facilities, so a year is under 9,000 partitions.
+"""
+
+import dagster as dg
+
+from billing_pipeline.facility_clock import PARTITION_FORMAT
+
+facility_day_windows = dg.HourlyPartitionsDefinition(start_date="2026-01-01-00:00", fmt=PARTITION_FORMAT)

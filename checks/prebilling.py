@@ -1,0 +1,49 @@
+"""Pre-billing checks, evaluated in the billable-customers step, before billing materializes.
+
+Both checks always list what they flagged (those customers are held either way). They fail,
+and being blocking stop the billing step of the partition, only when the flagged customers
+exceed the configured share of the customers who would be billed (SPEC 1.6).
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+
+from assets.resources import markdown_table
+
+BILLABLE_CUSTOMERS = dg.AssetKey("billable_customers")
+DUPLICATE_CONTRACTS_CHECK = "no_duplicate_contracts"
+PAYMENT_METHOD_CHECK = "recurring_dues_have_payment_method"
+
+CHECK_SPECS = [
+    dg.AssetCheckSpec(DUPLICATE_CONTRACTS_CHECK, asset=BILLABLE_CUSTOMERS, blocking=True,
+                      description="Customers with two or more contracts in effect for one plan (held)."),
+    dg.AssetCheckSpec(PAYMENT_METHOD_CHECK, asset=BILLABLE_CUSTOMERS, blocking=True,
+                      description="Contracts in effect with dues whose customer has no usable payment method."),
+]
+
+
+def check_results(out: dict[str, pl.DataFrame], listed: int = 50) -> list[dg.AssetCheckResult]:
+    blocks = out["billing_blocks"]
+    blocked = blocks.filter(pl.col("blocked"))
+    share = float(blocks.get_column("window_flagged_share").max() or 0.0)
+    max_share = float(blocks.get_column("max_share").max() or 0.0)
+    common = {
+        "window_flagged_share": share,
+        "max_share": max_share,
+        "blocked_facility_days": blocked.height,
+        "billing": "BLOCKED: dues posted, no one charged" if blocked.height else "allowed",
+    }
+    results = []
+    for name, frame in ((DUPLICATE_CONTRACTS_CHECK, out["duplicate_contracts"]),
+                        (PAYMENT_METHOD_CHECK, out["recurring_dues_without_payment_method"])):
+        results.append(dg.AssetCheckResult(
+            check_name=name, asset_key=BILLABLE_CUSTOMERS, passed=blocked.height == 0,
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={**common, "flagged_rows": frame.height,
+                      "flagged_customers": frame.get_column("customer_id").n_unique() if frame.height else 0,
+                      "flagged": dg.MetadataValue.md(markdown_table(
+                          frame.head(listed).with_columns(pl.col(pl.List(pl.String)).list.join(", "))))},
+        ))
+    return results
