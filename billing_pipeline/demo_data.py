@@ -32,6 +32,9 @@ MIN_MEMBERS = 48
 EPOCH = dt.date(1970, 1, 1)
 DAY_US = 86_400_000_000
 CSV_DATETIME = "%Y-%m-%dT%H:%M:%S"
+NO_DAY = NO_DUES = np.iinfo(np.int64).min  # null in the numpy columns of a chunk
+NUMBERED_PREFIX = {"payment_methods": "PM", "status_changes": "SC", "charges": "CH", "payments": "PY",
+                   "certifications": "CE", "applications": "AP"}
 
 # Round-robin order: the first six facilities already cover every kind of zone billing must handle.
 ZONES = [
@@ -171,8 +174,7 @@ def generate(
     chain = _chain(seed, facilities, day0)
     n_customers = max(1, contracts * CUSTOMERS_PER_CONTRACT[0] // CUSTOMERS_PER_CONTRACT[1])
     n_members = max(MIN_MEMBERS, contracts // 10)
-    offsets = {"payment_methods": 0, "status_changes": 0, "charges": 0, "payments": 0,
-               "certifications": 0, "applications": 0}
+    offsets = dict.fromkeys(NUMBERED_PREFIX, 0)  # ids of tables whose chunk sizes are random
     with ExitStack() as stack:
         sinks = {name: stack.enter_context(_Sink(out, name, fmt)) for name in TABLES}
         sinks["facilities"].write(chain.facilities)
@@ -188,15 +190,11 @@ def generate(
             frames |= _member_chunk(seed, index, day0, (m0, m1))
             for name, frame in frames.items():
                 if name in offsets:
-                    frame = _with_ids(frame, TABLES[name].key, _PREFIX[name], offsets[name])
+                    frame = _with_ids(frame, TABLES[name].key, NUMBERED_PREFIX[name], offsets[name])
                     offsets[name] += frame.height
                 sinks[name].write(frame)
             bar.update(k1 - k0)
     return {name: sink.rows for name, sink in sinks.items()}
-
-
-_PREFIX = {"payment_methods": "PM", "status_changes": "SC", "charges": "CH", "payments": "PY",
-           "certifications": "CE", "applications": "AP"}
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -410,8 +408,7 @@ def _customer_chunk(seed: int, index: int, chain: _Chain, day0: int, contract_ra
                     customer_range: tuple[int, int], n_customers: int) -> dict[str, pl.DataFrame]:
     (k0, k1), (c0, c1) = contract_range, customer_range
     rng = [_rng(seed, 1, index, part) for part in range(6)]
-    n_fac = chain.facilities.height
-    home = rng[0].choice(n_fac, size=c1 - c0, p=chain.weights)
+    home = rng[0].choice(chain.facilities.height, size=c1 - c0, p=chain.weights)
     names, emails = _people(rng[0], np.arange(c0 + 1, c1 + 1), null_email_share=0.04)
     facility_ids = chain.facilities["facility_id"]
     customers = pl.DataFrame({
@@ -442,10 +439,6 @@ def _customer_chunk(seed: int, index: int, chain: _Chain, day0: int, contract_ra
         "charges": _customer_items(rng[4], day0, customers, share=0.10, kind="charges"),
         "payments": _customer_items(rng[5], day0, customers, share=0.06, kind="payments"),
     }
-
-
-NO_DAY = np.iinfo(np.int64).min
-NO_DUES = np.iinfo(np.int64).min
 
 
 def _contracts(rng: np.random.Generator, chain: _Chain, day0: int, n: int, home: np.ndarray
@@ -644,7 +637,8 @@ def _status_changes(rng: np.random.Generator, day0: int, con: dict[str, np.ndarr
         "requested_at": pl.Series(np.concatenate([r[3] for r in rows])).cast(pl.Datetime("us")),
         "_contract": contract,
     })
-    return frame.sort("requested_at", "_contract", "effective_date").drop("_contract")
+    order = ["requested_at", "_contract", "effective_date", "kind"]
+    return frame.sort(order, maintain_order=True).drop("_contract")
 
 
 def _customer_items(rng: np.random.Generator, day0: int, customers: pl.DataFrame, share: float,
