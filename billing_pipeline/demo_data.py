@@ -457,7 +457,7 @@ def _contracts(rng: np.random.Generator, chain: _Chain, day0: int, n: int, home:
     status = rng.choice(len(CONTRACT_STATUSES), size=n, p=[STATUS_WEIGHTS[s] for s in CONTRACT_STATUSES])
 
     # Duplicates: a second contract in effect for the same plan as the first (SPEC 1.6).
-    (dup,) = _pick(rng, np.flatnonzero(second), [0.005 * n_cust / max(1, second.sum())])
+    (dup,) = _pick(rng, np.flatnonzero(second), [0.001 * n_cust / max(1, second.sum())])
     plan[dup] = plan[dup - 1]
     status[dup] = status[dup - 1] = ACTIVE
     in_dup = np.zeros(n, dtype=bool)
@@ -531,7 +531,7 @@ def _first_bill_dates(rng: np.random.Generator, chain: _Chain, day0: int, plan: 
 
 def _payment_methods(rng: np.random.Generator, day0: int, customer_ids: pl.Series) -> pl.DataFrame:
     n = len(customer_ids)
-    none, expired, removed = _pick(rng, np.arange(n), [0.015, 0.01, 0.005])
+    none, expired, removed = _pick(rng, np.arange(n), [0.002, 0.001, 0.001])
     has_default = np.ones(n, dtype=bool)
     has_default[none] = False
     default_owner = np.flatnonzero(has_default)
@@ -547,7 +547,7 @@ def _payment_methods(rng: np.random.Generator, day0: int, customer_ids: pl.Serie
     is_removed = np.where(is_default, np.isin(owner, removed), rng.random(m) < 0.3)
 
     this_month = np.datetime64(EPOCH + dt.timedelta(day0), "M")
-    expires = _month_end(this_month + rng.integers(0, 60, m))
+    expires = _month_end(this_month + rng.integers(2, 60, m))
     expires[is_expired] = _month_end(this_month - rng.integers(1, 25, is_expired.sum()))
 
     tokens = _tokens(rng, m)

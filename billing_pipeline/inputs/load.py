@@ -93,6 +93,8 @@ def read_raw(path: Path) -> pl.DataFrame:
 
 def parse_expr(name: str, source: pl.DataType, target: pl.DataType) -> pl.Expr:
     col = pl.col(name)
+    if source == target == pl.String:
+        return pl.when(col.str.strip_chars() == "").then(None).otherwise(col)
     if source == target:
         return col
     if source != pl.String:

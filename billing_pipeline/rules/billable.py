@@ -31,7 +31,8 @@ def billable_customers(customer_days: pl.LazyFrame, balances: pl.LazyFrame, due:
     customer_days: customer_id, facility_id, business_date + the facility's sweep settings.
     balances: balance_cents (what was really posted). due: customer_id, business_date,
     due_cents (dues due tonight before holds), posted_cents (what of it posted).
-    last_attempts: customer_id, last_attempt_date, last_outcome (latest attempt before D).
+    last_attempts: customer_id, last_attempt_date, last_outcome (latest attempt before D),
+    last_billed_date (latest attempt or hold for the customer's own data, for rolling sweeps).
     qualifying: customer_id, business_date of customers with a membership / program / pass
     contract in effect on D.
     """
@@ -43,7 +44,8 @@ def billable_customers(customer_days: pl.LazyFrame, balances: pl.LazyFrame, due:
         & (days_since >= pl.col("retry_declined_after_days")),
         "sweep_fixed": (pl.col("sweep_mode") == "fixed") & is_fixed_sweep_day(d, pl.col("fixed_sweep_days")),
         "sweep_rolling": (pl.col("sweep_mode") == "rolling") & pl.col("rolling_sweep_days").is_not_null()
-        & (pl.col("last_attempt_date").is_null() | (days_since >= pl.col("rolling_sweep_days"))),
+        & (pl.col("last_billed_date").is_null()
+           | ((d - pl.col("last_billed_date")).dt.total_days() >= pl.col("rolling_sweep_days"))),
     }
     keys = ["customer_id", "business_date"]
     before_holds = pl.col("balance_cents") + pl.col("due_cents").fill_null(0) - pl.col("posted_cents").fill_null(0)

@@ -1,0 +1,322 @@
+"""Bill dates (SPEC 1.2): facility and contract (rolling) schedules, month ends, counting a window.
+
+Expectations are computed here from the SPEC with the standard library (calendar arithmetic),
+never copied from the implementation.
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+
+import polars as pl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from billing_pipeline.rules import bill_dates
+
+D = dt.date
+FAR = D(2100, 1, 1)
+SCHEMA = {"contract_id": pl.String, "frequency": pl.String, "schedule": pl.String, "start_date": pl.Date,
+          "first_bill_date": pl.Date, "weekly_billing_day": pl.Int64, "monthly_billing_day": pl.Int64,
+          "after": pl.Date, "through": pl.Date}
+
+
+def row(frequency="monthly", schedule="contract", start=D(2026, 1, 1), first_bill_date=None, weekly_day=1,
+        monthly_day=1, after=None, through=D(2027, 1, 1), contract_id="K1") -> dict:
+    return dict(contract_id=contract_id, frequency=frequency, schedule=schedule, start_date=start,
+                first_bill_date=first_bill_date, weekly_billing_day=weekly_day, monthly_billing_day=monthly_day,
+                after=after, through=through)
+
+
+def frame(*rows: dict) -> pl.LazyFrame:
+    return pl.DataFrame(list(rows), schema=SCHEMA).lazy()
+
+
+def exploded(*rows: dict) -> dict[str, list[dt.date]]:
+    """contract_id -> its bill dates b with after < b <= through, sorted."""
+    windows = frame(*rows).pipe(bill_dates.with_schedule).pipe(bill_dates.with_count_between, "after", "through", "n")
+    out = bill_dates.explode_bill_dates(windows, "after", "through").collect()
+    result = {r["contract_id"]: [] for r in rows}
+    for cid, date in zip(out["contract_id"], out["bill_date"]):
+        result[cid].append(date)
+    return {cid: sorted(v) for cid, v in result.items()}
+
+
+def dates(**kw) -> list[dt.date]:
+    return exploded(row(**kw))["K1"]
+
+
+def counted(**kw) -> int:
+    out = frame(row(**kw)).pipe(bill_dates.with_schedule).pipe(
+        bill_dates.with_count_between, "after", "through", "n").collect()
+    return out["n"][0]
+
+
+def clamp(year: int, month: int, day: int) -> dt.date:
+    return D(year, month, min(day, calendar.monthrange(year, month)[1]))
+
+
+def add_months(year: int, month: int, n: int) -> tuple[int, int]:
+    idx = year * 12 + (month - 1) + n
+    return idx // 12, idx % 12 + 1
+
+
+# --- month ends and the anchor that never drifts ----------------------------------------------
+
+def test_anchor_31_bills_every_month_end():
+    got = dates(start=D(2026, 1, 31), through=D(2026, 12, 31))
+    assert got == [D(2026, 1, 31), D(2026, 2, 28), D(2026, 3, 31), D(2026, 4, 30), D(2026, 5, 31),
+                   D(2026, 6, 30), D(2026, 7, 31), D(2026, 8, 31), D(2026, 9, 30), D(2026, 10, 31),
+                   D(2026, 11, 30), D(2026, 12, 31)]
+
+
+def test_anchor_31_bills_feb_29_in_a_leap_year():
+    assert dates(start=D(2028, 1, 31), through=D(2028, 4, 30)) == [
+        D(2028, 1, 31), D(2028, 2, 29), D(2028, 3, 31), D(2028, 4, 30)]
+
+
+def test_anchor_30_returns_to_30_after_february():
+    assert dates(start=D(2026, 1, 30), through=D(2026, 4, 30)) == [
+        D(2026, 1, 30), D(2026, 2, 28), D(2026, 3, 30), D(2026, 4, 30)]
+
+
+def test_yearly_feb_29_anchor_bills_feb_28_in_common_years_and_feb_29_in_leap_years():
+    got = dates(frequency="yearly", start=D(2024, 2, 29), through=D(2033, 1, 1))
+    assert got == [D(2024, 2, 29), D(2025, 2, 28), D(2026, 2, 28), D(2027, 2, 28), D(2028, 2, 29),
+                   D(2029, 2, 28), D(2030, 2, 28), D(2031, 2, 28), D(2032, 2, 29)]
+
+
+def test_quarterly_rolling_anchor_on_the_31st():
+    got = dates(frequency="quarterly", start=D(2025, 8, 31), through=D(2026, 12, 31))
+    assert got == [D(2025, 8, 31), D(2025, 11, 30), D(2026, 2, 28), D(2026, 5, 31), D(2026, 8, 31),
+                   D(2026, 11, 30)]
+
+
+def test_weekly_and_biweekly_rolling_count_from_the_start_date():
+    start = D(2026, 3, 4)  # a Wednesday
+    assert dates(frequency="weekly", start=start, through=D(2026, 4, 1)) == [
+        start + dt.timedelta(days=7 * k) for k in range(5)]
+    assert dates(frequency="biweekly", start=start, through=D(2026, 4, 29)) == [
+        start + dt.timedelta(days=14 * k) for k in range(5)]
+
+
+# --- facility schedule --------------------------------------------------------------------------
+
+def test_facility_weekly_bills_on_the_weekly_billing_day():
+    # 2026-03-04 is a Wednesday; weekly_billing_day 5 is Friday.
+    got = dates(frequency="weekly", schedule="facility", start=D(2026, 3, 4), weekly_day=5, through=D(2026, 3, 31))
+    assert got == [D(2026, 3, 6), D(2026, 3, 13), D(2026, 3, 20), D(2026, 3, 27)]
+    assert all(d.isoweekday() == 5 for d in got)
+
+
+def test_facility_weekly_start_on_the_billing_day_bills_that_day():
+    got = dates(frequency="weekly", schedule="facility", start=D(2026, 3, 2), weekly_day=1, through=D(2026, 3, 9))
+    assert got == [D(2026, 3, 2), D(2026, 3, 9)]
+
+
+def test_facility_weekly_sunday_is_day_7():
+    got = dates(frequency="weekly", schedule="facility", start=D(2026, 3, 2), weekly_day=7, through=D(2026, 3, 15))
+    assert got == [D(2026, 3, 8), D(2026, 3, 15)]
+
+
+def test_facility_biweekly_counts_14_days_from_the_first_billing_day():
+    got = dates(frequency="biweekly", schedule="facility", start=D(2026, 3, 4), weekly_day=1, through=D(2026, 5, 1))
+    first = D(2026, 3, 9)  # first Monday on or after the start
+    assert got == [first + dt.timedelta(days=14 * k) for k in range(4)]
+
+
+def test_facility_monthly_day_31_bills_the_last_day_of_short_months():
+    got = dates(frequency="monthly", schedule="facility", start=D(2026, 1, 10), monthly_day=31, through=D(2026, 7, 1))
+    assert got == [D(2026, 1, 31), D(2026, 2, 28), D(2026, 3, 31), D(2026, 4, 30), D(2026, 5, 31), D(2026, 6, 30)]
+
+
+def test_facility_monthly_start_after_the_billing_day_waits_for_next_month():
+    got = dates(frequency="monthly", schedule="facility", start=D(2026, 1, 16), monthly_day=15, through=D(2026, 4, 1))
+    assert got == [D(2026, 2, 15), D(2026, 3, 15)]
+
+
+def test_facility_monthly_day_30_in_february_then_back_to_30():
+    got = dates(frequency="monthly", schedule="facility", start=D(2026, 2, 1), monthly_day=30, through=D(2026, 4, 30))
+    assert got == [D(2026, 2, 28), D(2026, 3, 30), D(2026, 4, 30)]
+
+
+def test_facility_quarterly_steps_three_months_from_the_first_facility_day():
+    got = dates(frequency="quarterly", schedule="facility", start=D(2026, 1, 15), monthly_day=1, through=D(2027, 1, 1))
+    assert got == [D(2026, 2, 1), D(2026, 5, 1), D(2026, 8, 1), D(2026, 11, 1)]
+
+
+def test_facility_yearly_steps_twelve_months_from_the_first_facility_day():
+    got = dates(frequency="yearly", schedule="facility", start=D(2026, 1, 20), monthly_day=31, through=D(2029, 3, 1))
+    assert got == [D(2026, 1, 31), D(2027, 1, 31), D(2028, 1, 31), D(2029, 1, 31)]
+
+
+def test_facility_yearly_first_facility_day_in_february_keeps_day_31_intent():
+    # First facility day on or after Feb 2 with monthly day 31 is Feb 28; a year on it is Feb 28 2027,
+    # and Feb 29 2028 (the anchor's day is 31, clamped to the month's end).
+    got = dates(frequency="yearly", schedule="facility", start=D(2026, 2, 2), monthly_day=31, through=D(2028, 12, 31))
+    assert got == [D(2026, 2, 28), D(2027, 2, 28), D(2028, 2, 29)]
+
+
+# --- first_bill_date ------------------------------------------------------------------------------
+
+def test_rolling_first_bill_date_is_the_anchor():
+    got = dates(start=D(2026, 1, 10), first_bill_date=D(2026, 2, 1), through=D(2026, 5, 1))
+    assert got == [D(2026, 2, 1), D(2026, 3, 1), D(2026, 4, 1), D(2026, 5, 1)]
+
+
+def test_rolling_first_bill_date_on_31_does_not_drift():
+    got = dates(start=D(2026, 1, 2), first_bill_date=D(2026, 1, 31), through=D(2026, 5, 31))
+    assert got == [D(2026, 1, 31), D(2026, 2, 28), D(2026, 3, 31), D(2026, 4, 30), D(2026, 5, 31)]
+
+
+def test_facility_first_bill_date_off_schedule_is_billed_then_the_facility_days_follow():
+    # Monthly on the 1st; first_bill_date on the 20th: bills the 20th, then every 1st after it.
+    got = dates(frequency="monthly", schedule="facility", start=D(2026, 1, 5), first_bill_date=D(2026, 1, 20),
+                monthly_day=1, through=D(2026, 4, 1))
+    assert got == [D(2026, 1, 20), D(2026, 2, 1), D(2026, 3, 1), D(2026, 4, 1)]
+
+
+def test_facility_first_bill_date_on_a_facility_day():
+    got = dates(frequency="weekly", schedule="facility", start=D(2026, 3, 1), first_bill_date=D(2026, 3, 16),
+                weekly_day=1, through=D(2026, 3, 30))
+    assert got == [D(2026, 3, 16), D(2026, 3, 23), D(2026, 3, 30)]
+
+
+def test_first_bill_date_before_start_date_still_is_the_first_bill_date():
+    got = dates(start=D(2026, 3, 10), first_bill_date=D(2026, 3, 1), through=D(2026, 5, 1))
+    assert got == [D(2026, 3, 1), D(2026, 4, 1), D(2026, 5, 1)]
+
+
+# --- counting a window (after, through] -------------------------------------------------------------
+
+def test_window_excludes_after_and_includes_through():
+    kw = dict(start=D(2026, 1, 31))
+    assert dates(after=D(2026, 2, 28), through=D(2026, 4, 30), **kw) == [D(2026, 3, 31), D(2026, 4, 30)]
+    assert counted(after=D(2026, 2, 28), through=D(2026, 4, 30), **kw) == 2
+    assert counted(after=D(2026, 2, 28), through=D(2026, 4, 29), **kw) == 1
+    assert counted(after=D(2026, 2, 27), through=D(2026, 2, 28), **kw) == 1
+    assert counted(after=D(2026, 2, 28), through=D(2026, 2, 28), **kw) == 0
+
+
+def test_window_before_the_first_bill_date_is_empty():
+    assert counted(start=D(2026, 5, 1), through=D(2026, 4, 30)) == 0
+    assert dates(start=D(2026, 5, 1), through=D(2026, 4, 30)) == []
+
+
+def test_window_with_no_after_counts_from_the_start():
+    assert counted(start=D(2026, 1, 1), through=D(2026, 6, 15)) == 6
+
+
+def test_window_counts_an_off_schedule_first_bill_date_once():
+    kw = dict(frequency="monthly", schedule="facility", start=D(2026, 1, 5), first_bill_date=D(2026, 1, 20),
+              monthly_day=1)
+    assert counted(through=D(2026, 1, 31), **kw) == 1
+    assert counted(after=D(2026, 1, 20), through=D(2026, 3, 1), **kw) == 2
+    assert counted(after=D(2026, 1, 19), through=D(2026, 1, 20), **kw) == 1
+
+
+def test_many_contracts_in_one_pass_keep_their_own_series():
+    got = exploded(row(contract_id="A", start=D(2026, 1, 31), through=D(2026, 3, 31)),
+                   row(contract_id="B", frequency="weekly", schedule="facility", weekly_day=3, start=D(2026, 3, 1),
+                       through=D(2026, 3, 18)),
+                   row(contract_id="C", start=D(2026, 4, 1), through=D(2026, 3, 31)))
+    assert got == {"A": [D(2026, 1, 31), D(2026, 2, 28), D(2026, 3, 31)],
+                   "B": [D(2026, 3, 4), D(2026, 3, 11), D(2026, 3, 18)],
+                   "C": []}
+
+
+# --- properties ------------------------------------------------------------------------------------------
+
+anchors = st.dates(min_value=D(1990, 1, 1), max_value=D(2060, 12, 31))
+PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPERTY
+@given(anchor=anchors, k=st.integers(min_value=0, max_value=200), freq=st.sampled_from(["monthly", "quarterly", "yearly"]))
+def test_month_steps_never_drift(anchor, k, freq):
+    """The k-th date lies k steps after the anchor's month, on min(anchor day, days in that month)."""
+    step = {"monthly": 1, "quarterly": 3, "yearly": 12}[freq]
+    year, month = add_months(anchor.year, anchor.month, k * step)
+    expected = clamp(year, month, anchor.day)
+    nth = (frame(row(frequency=freq, start=anchor)).pipe(bill_dates.with_schedule)
+           .select(bill_dates.nth_bill_date(pl.lit(k, pl.Int64)).alias("d")).collect()["d"][0])
+    assert nth == expected
+    # and it is exactly the (k+1)-th date of an explosion from the start through it
+    assert dates(frequency=freq, start=anchor, through=expected)[-1] == expected
+    assert counted(frequency=freq, start=anchor, through=expected) == k + 1
+
+
+@PROPERTY
+@given(start=anchors, day=st.integers(min_value=1, max_value=31), k=st.integers(min_value=0, max_value=60),
+       freq=st.sampled_from(["monthly", "quarterly", "yearly"]))
+def test_facility_month_steps_land_on_the_clamped_billing_day(start, day, k, freq):
+    step = {"monthly": 1, "quarterly": 3, "yearly": 12}[freq]
+    first = clamp(start.year, start.month, day)
+    if first < start:
+        y, m = add_months(start.year, start.month, 1)
+        first = clamp(y, m, day)
+    year, month = add_months(first.year, first.month, k * step)
+    expected = clamp(year, month, day)
+    got = dates(frequency=freq, schedule="facility", start=start, monthly_day=day, through=expected)
+    assert got[0] == first
+    assert got[-1] == expected
+    assert len(got) == k + 1
+
+
+windows = st.tuples(st.dates(min_value=D(2019, 1, 1), max_value=D(2031, 12, 31)),
+                    st.integers(min_value=0, max_value=800))
+
+
+@st.composite
+def schedules(draw) -> dict:
+    freq = draw(st.sampled_from(["weekly", "biweekly", "monthly", "quarterly", "yearly"]))
+    sched = draw(st.sampled_from(["facility", "contract"]))
+    start = draw(st.dates(min_value=D(2020, 1, 1), max_value=D(2030, 12, 31)))
+    fbd = draw(st.none() | st.dates(min_value=start - dt.timedelta(days=40), max_value=start + dt.timedelta(days=40)))
+    return dict(frequency=freq, schedule=sched, start=start, first_bill_date=fbd,
+                weekly_day=draw(st.integers(1, 7)), monthly_day=draw(st.integers(1, 31)))
+
+
+@PROPERTY
+@given(spec=schedules(), after=st.none() | st.dates(min_value=D(2019, 6, 1), max_value=D(2032, 1, 1)),
+       length=st.integers(min_value=0, max_value=900))
+def test_count_between_equals_the_exploded_dates_and_they_increase(spec, after, length):
+    through = (after or D(2020, 1, 1)) + dt.timedelta(days=length)
+    kw = dict(spec, after=after, through=through)
+    got = dates(**kw)
+    assert counted(**kw) == len(got)
+    assert all(a < b for a, b in zip(got, got[1:])), got
+    assert all((after is None or b > after) and b <= through for b in got)
+
+
+@PROPERTY
+@given(spec=schedules(), cut=st.integers(min_value=0, max_value=700), length=st.integers(min_value=0, max_value=700))
+def test_windows_split_anywhere_give_the_same_dates(spec, cut, length):
+    """(None, t] = (None, c] + (c, t]: a bill date is in exactly one of two adjacent windows."""
+    origin = spec["start"] - dt.timedelta(days=60)
+    c, t = origin + dt.timedelta(days=cut), origin + dt.timedelta(days=cut + length)
+    whole = dates(**spec, through=t)
+    assert dates(**spec, through=c) + dates(**spec, after=c, through=t) == whole
+
+
+@PROPERTY
+@given(spec=schedules(), length=st.integers(min_value=0, max_value=800))
+def test_schedule_respects_the_facility_day_or_the_rolling_anchor(spec, length):
+    through = spec["start"] + dt.timedelta(days=length)
+    got = dates(**spec, through=through)
+    fbd = spec["first_bill_date"]
+    if fbd is not None and fbd <= through:
+        assert got[0] == fbd, "first_bill_date, when given, is the first bill date"
+    regular = [b for b in got if b != fbd]
+    if spec["schedule"] == "facility":
+        if spec["frequency"] in ("weekly", "biweekly"):
+            assert all(b.isoweekday() == spec["weekly_day"] for b in regular)
+        else:
+            assert all(b == clamp(b.year, b.month, spec["monthly_day"]) for b in regular)
+        if fbd is None and got:
+            assert got[0] >= spec["start"]
+            assert (got[0] - spec["start"]).days < (7 if spec["frequency"] in ("weekly", "biweekly") else 32)
+    if spec["frequency"] in ("weekly", "biweekly"):
+        step = 7 if spec["frequency"] == "weekly" else 14
+        assert all((b - a).days == step for a, b in zip(regular, regular[1:]))

@@ -1,0 +1,112 @@
+"""Bad input: one clear error naming file, column and row key, and nothing written."""
+
+import hashlib
+from pathlib import Path
+
+import polars as pl
+import pytest
+from click.testing import CliRunner
+
+from billing_pipeline.cli import main
+from billing_pipeline.inputs.load import InputError, load_inputs
+from tests.factories import D, card, contract, customer, write_export
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def good_run(tmp_path):
+    """A valid export already run once: the warehouse files exist and must not change."""
+    data = write_export(tmp_path / "data", fmt="csv",
+                        customers=[customer("C1"), customer("C2")],
+                        contracts=[contract("K1"), contract("K2", customer_id="C2")],
+                        payment_methods=[card("C1"), card("C2")])
+    db = tmp_path / "billing.duckdb"
+    result = CliRunner().invoke(main, ["run", "--data", str(data), "--db", str(db), "--date", "2026-03-01"])
+    assert result.exit_code == 0, result.output
+    return data, db
+
+
+def edit_csv(path: Path, column: str, key_column: str, key: str, value: str) -> None:
+    frame = pl.read_csv(path, infer_schema=False)
+    frame = frame.with_columns(pl.when(pl.col(key_column) == key).then(pl.lit(value)).otherwise(pl.col(column))
+                               .alias(column))
+    frame.write_csv(path)
+
+
+CASES = {
+    "wrong type": ("contracts", "dues_cents", "K2", "12.5x", "contracts.csv, column 'dues_cents', row contract_id=K2"),
+    "unparseable date": ("contracts", "start_date", "K2", "2026-02-30",
+                         "contracts.csv, column 'start_date', row contract_id=K2"),
+    "unknown enum value": ("contracts", "status", "K2", "paused", "contracts.csv, column 'status', row contract_id=K2"),
+    "bad boolean": ("payment_methods", "removed", "PM-C2", "yes",
+                    "payment_methods.csv, column 'removed', row payment_method_id=PM-C2"),
+    "unknown time zone": ("facilities", "timezone", "F1", "Europe/Atlantis",
+                          "facilities.csv, column 'timezone', row facility_id=F1"),
+    "duplicate key": ("contracts", "contract_id", "K2", "K1", "contracts.csv, column 'contract_id', row contract_id=K1"),
+    "missing required value": ("customers", "name", "C2", "", "customers.csv, column 'name', row customer_id=C2"),
+}
+KEYS = {"contracts": "contract_id", "payment_methods": "payment_method_id", "facilities": "facility_id",
+        "customers": "customer_id"}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_value_names_file_column_and_row_and_writes_nothing(good_run, case):
+    data, db = good_run
+    table, column, key, value, expected = CASES[case]
+    edit_csv(data / f"{table}.csv", column, KEYS[table], key, value)
+    before = {p.name: digest(p) for p in db.parent.glob("billing*")}
+
+    result = CliRunner().invoke(main, ["run", "--data", str(data), "--db", str(db), "--date", "2026-03-02"])
+
+    assert result.exit_code == 2
+    assert expected in result.output
+    assert len(result.output.strip().splitlines()) == 1, "one readable line, no traceback"
+    assert {p.name: digest(p) for p in db.parent.glob("billing*")} == before
+
+
+def test_missing_file(good_run):
+    data, db = good_run
+    (data / "plans.csv").unlink()
+    before = digest(db)
+    result = CliRunner().invoke(main, ["run", "--data", str(data), "--db", str(db), "--date", "2026-03-02"])
+    assert result.exit_code == 2
+    assert "plans.parquet|.csv: missing file" in result.output
+    assert digest(db) == before
+
+
+def test_missing_column(good_run):
+    data, db = good_run
+    pl.read_csv(data / "contracts.csv", infer_schema=False).drop("plan_id").write_csv(data / "contracts.csv")
+    result = CliRunner().invoke(main, ["run", "--data", str(data), "--db", str(db), "--date", "2026-03-02"])
+    assert result.exit_code == 2
+    assert "contracts.csv, column 'plan_id': missing column" in result.output
+
+
+def test_bad_timestamp_in_parquet_names_row(tmp_path):
+    data = write_export(tmp_path / "data", status_changes=[])
+    frame = pl.DataFrame({"change_id": ["S1"], "contract_id": ["K1"], "kind": ["freeze"],
+                          "effective_date": ["2026-03-01"], "requested_at": ["yesterday"]})
+    frame.write_parquet(data / "status_changes.parquet")
+    with pytest.raises(InputError) as err:
+        load_inputs(data)
+    assert str(err.value).startswith("status_changes.parquet, column 'requested_at', row change_id=S1:")
+
+
+def test_optional_tables_may_be_missing_and_good_input_loads(tmp_path):
+    data = write_export(tmp_path / "data", contracts=[contract("K1", end_date=D(2027, 1, 1))])
+    inputs = load_inputs(data)
+    assert inputs.certifications.height == 0 and "expires_on" in inputs.certifications.columns
+    assert inputs.contracts.get_column("end_date").to_list() == [D(2027, 1, 1)]
+    assert inputs.contracts.schema["start_date"] == pl.Date
+
+
+def test_csv_and_parquet_load_identically(tmp_path):
+    rows = dict(customers=[customer("C1"), customer("C2", email="x@y.org")],
+                contracts=[contract("K1"), contract("K2", customer_id="C2", dues_cents=1234, first_bill_date=D(2026, 2, 3))])
+    a = load_inputs(write_export(tmp_path / "p", fmt="parquet", **rows))
+    b = load_inputs(write_export(tmp_path / "c", fmt="csv", **rows))
+    for name in ("customers", "contracts", "facilities", "payment_methods"):
+        assert getattr(a, name).equals(getattr(b, name)), name
