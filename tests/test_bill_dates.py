@@ -227,45 +227,65 @@ def test_many_contracts_in_one_pass_keep_their_own_series():
 
 
 # --- properties ------------------------------------------------------------------------------------------
+# Each example is a batch of contracts evaluated in one vectorized pass (as the pipeline does),
+# which also keeps the property tests fast.
+
+PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+BATCH = st.integers(min_value=1, max_value=40)
+
+
+def evaluate(rows: list[dict]) -> tuple[dict[str, list[dt.date]], dict[str, int]]:
+    """One pass: contract_id -> exploded dates, and contract_id -> count_between."""
+    rows = [dict(r, contract_id=f"K{i}") for i, r in enumerate(rows)]
+    windows = frame(*rows).pipe(bill_dates.with_schedule).pipe(
+        bill_dates.with_count_between, "after", "through", "n").collect()
+    out = bill_dates.explode_bill_dates(windows.lazy(), "after", "through").collect()
+    got = {r["contract_id"]: [] for r in rows}
+    for cid, date in zip(out["contract_id"], out["bill_date"]):
+        got[cid].append(date)
+    return {k: sorted(v) for k, v in got.items()}, dict(zip(windows["contract_id"], windows["n"]))
+
 
 anchors = st.dates(min_value=D(1990, 1, 1), max_value=D(2060, 12, 31))
-PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+MONTH_FREQS = st.sampled_from(["monthly", "quarterly", "yearly"])
+STEP = {"monthly": 1, "quarterly": 3, "yearly": 12}
 
 
 @PROPERTY
-@given(anchor=anchors, k=st.integers(min_value=0, max_value=200), freq=st.sampled_from(["monthly", "quarterly", "yearly"]))
-def test_month_steps_never_drift(anchor, k, freq):
+@given(cases=st.lists(st.tuples(anchors, st.integers(min_value=0, max_value=200), MONTH_FREQS), min_size=1,
+                      max_size=40))
+def test_month_steps_never_drift(cases):
     """The k-th date lies k steps after the anchor's month, on min(anchor day, days in that month)."""
-    step = {"monthly": 1, "quarterly": 3, "yearly": 12}[freq]
-    year, month = add_months(anchor.year, anchor.month, k * step)
-    expected = clamp(year, month, anchor.day)
-    nth = (frame(row(frequency=freq, start=anchor)).pipe(bill_dates.with_schedule)
-           .select(bill_dates.nth_bill_date(pl.lit(k, pl.Int64)).alias("d")).collect()["d"][0])
+    expected = []
+    for anchor, k, freq in cases:
+        year, month = add_months(anchor.year, anchor.month, k * STEP[freq])
+        expected.append(clamp(year, month, anchor.day))
+    rows = [row(frequency=freq, start=anchor, through=exp) for (anchor, _, freq), exp in zip(cases, expected)]
+    ks = pl.Series("k", [k for _, k, _ in cases], dtype=pl.Int64)
+    nth = (frame(*rows).pipe(bill_dates.with_schedule).collect().with_columns(ks)
+           .select(bill_dates.nth_bill_date(pl.col("k")).alias("d"))["d"].to_list())
     assert nth == expected
-    # and it is exactly the (k+1)-th date of an explosion from the start through it
-    assert dates(frequency=freq, start=anchor, through=expected)[-1] == expected
-    assert counted(frequency=freq, start=anchor, through=expected) == k + 1
+    got, counts = evaluate(rows)
+    for i, ((anchor, k, freq), exp) in enumerate(zip(cases, expected)):
+        assert got[f"K{i}"][-1] == exp, (anchor, k, freq)
+        assert len(got[f"K{i}"]) == counts[f"K{i}"] == k + 1, (anchor, k, freq)
 
 
 @PROPERTY
-@given(start=anchors, day=st.integers(min_value=1, max_value=31), k=st.integers(min_value=0, max_value=60),
-       freq=st.sampled_from(["monthly", "quarterly", "yearly"]))
-def test_facility_month_steps_land_on_the_clamped_billing_day(start, day, k, freq):
-    step = {"monthly": 1, "quarterly": 3, "yearly": 12}[freq]
-    first = clamp(start.year, start.month, day)
-    if first < start:
-        y, m = add_months(start.year, start.month, 1)
-        first = clamp(y, m, day)
-    year, month = add_months(first.year, first.month, k * step)
-    expected = clamp(year, month, day)
-    got = dates(frequency=freq, schedule="facility", start=start, monthly_day=day, through=expected)
-    assert got[0] == first
-    assert got[-1] == expected
-    assert len(got) == k + 1
-
-
-windows = st.tuples(st.dates(min_value=D(2019, 1, 1), max_value=D(2031, 12, 31)),
-                    st.integers(min_value=0, max_value=800))
+@given(cases=st.lists(st.tuples(anchors, st.integers(1, 31), st.integers(0, 60), MONTH_FREQS), min_size=1,
+                      max_size=40))
+def test_facility_month_steps_land_on_the_clamped_billing_day(cases):
+    rows, expected = [], []
+    for start, day, k, freq in cases:
+        first = clamp(start.year, start.month, day)
+        if first < start:
+            first = clamp(*add_months(start.year, start.month, 1), day)
+        last = clamp(*add_months(first.year, first.month, k * STEP[freq]), day)
+        expected.append((first, last, k + 1))
+        rows.append(row(frequency=freq, schedule="facility", start=start, monthly_day=day, through=last))
+    got, _ = evaluate(rows)
+    for i, (first, last, n) in enumerate(expected):
+        assert (got[f"K{i}"][0], got[f"K{i}"][-1], len(got[f"K{i}"])) == (first, last, n), cases[i]
 
 
 @st.composite
@@ -278,45 +298,61 @@ def schedules(draw) -> dict:
                 weekly_day=draw(st.integers(1, 7)), monthly_day=draw(st.integers(1, 31)))
 
 
-@PROPERTY
-@given(spec=schedules(), after=st.none() | st.dates(min_value=D(2019, 6, 1), max_value=D(2032, 1, 1)),
-       length=st.integers(min_value=0, max_value=900))
-def test_count_between_equals_the_exploded_dates_and_they_increase(spec, after, length):
-    through = (after or D(2020, 1, 1)) + dt.timedelta(days=length)
-    kw = dict(spec, after=after, through=through)
-    got = dates(**kw)
-    assert counted(**kw) == len(got)
-    assert all(a < b for a, b in zip(got, got[1:])), got
-    assert all((after is None or b > after) and b <= through for b in got)
+@st.composite
+def windowed(draw) -> dict:
+    spec = draw(schedules())
+    after = draw(st.none() | st.dates(min_value=spec["start"] - dt.timedelta(days=100),
+                                      max_value=spec["start"] + dt.timedelta(days=800)))
+    through = (after or spec["start"] - dt.timedelta(days=50)) + dt.timedelta(days=draw(st.integers(0, 900)))
+    return row(**spec, after=after, through=through)
 
 
 @PROPERTY
-@given(spec=schedules(), cut=st.integers(min_value=0, max_value=700), length=st.integers(min_value=0, max_value=700))
-def test_windows_split_anywhere_give_the_same_dates(spec, cut, length):
+@given(rows=st.lists(windowed(), min_size=1, max_size=40))
+def test_count_between_equals_the_exploded_dates_and_they_increase(rows):
+    got, counts = evaluate(rows)
+    for i, r in enumerate(rows):
+        dates_i = got[f"K{i}"]
+        assert counts[f"K{i}"] == len(dates_i), r
+        assert all(a < b for a, b in zip(dates_i, dates_i[1:])), (r, dates_i)
+        assert all((r["after"] is None or b > r["after"]) and b <= r["through"] for b in dates_i), r
+
+
+@PROPERTY
+@given(cases=st.lists(st.tuples(schedules(), st.integers(0, 700), st.integers(0, 700)), min_size=1, max_size=30))
+def test_windows_split_anywhere_give_the_same_dates(cases):
     """(None, t] = (None, c] + (c, t]: a bill date is in exactly one of two adjacent windows."""
-    origin = spec["start"] - dt.timedelta(days=60)
-    c, t = origin + dt.timedelta(days=cut), origin + dt.timedelta(days=cut + length)
-    whole = dates(**spec, through=t)
-    assert dates(**spec, through=c) + dates(**spec, after=c, through=t) == whole
+    rows = []
+    for spec, cut, length in cases:
+        origin = spec["start"] - dt.timedelta(days=60)
+        c, t = origin + dt.timedelta(days=cut), origin + dt.timedelta(days=cut + length)
+        rows += [row(**spec, through=t), row(**spec, through=c), row(**spec, after=c, through=t)]
+    got, _ = evaluate(rows)
+    for i in range(len(cases)):
+        whole, head, tail = (got[f"K{3 * i + j}"] for j in range(3))
+        assert head + tail == whole, cases[i]
 
 
 @PROPERTY
-@given(spec=schedules(), length=st.integers(min_value=0, max_value=800))
-def test_schedule_respects_the_facility_day_or_the_rolling_anchor(spec, length):
-    through = spec["start"] + dt.timedelta(days=length)
-    got = dates(**spec, through=through)
-    fbd = spec["first_bill_date"]
-    if fbd is not None and fbd <= through:
-        assert got[0] == fbd, "first_bill_date, when given, is the first bill date"
-    regular = [b for b in got if b != fbd]
-    if spec["schedule"] == "facility":
-        if spec["frequency"] in ("weekly", "biweekly"):
-            assert all(b.isoweekday() == spec["weekly_day"] for b in regular)
-        else:
-            assert all(b == clamp(b.year, b.month, spec["monthly_day"]) for b in regular)
-        if fbd is None and got:
-            assert got[0] >= spec["start"]
-            assert (got[0] - spec["start"]).days < (7 if spec["frequency"] in ("weekly", "biweekly") else 32)
-    if spec["frequency"] in ("weekly", "biweekly"):
-        step = 7 if spec["frequency"] == "weekly" else 14
-        assert all((b - a).days == step for a, b in zip(regular, regular[1:]))
+@given(cases=st.lists(st.tuples(schedules(), st.integers(0, 800)), min_size=1, max_size=40))
+def test_schedule_respects_the_facility_day_or_the_rolling_anchor(cases):
+    rows = [row(**spec, through=spec["start"] + dt.timedelta(days=length)) for spec, length in cases]
+    got, _ = evaluate(rows)
+    for i, (spec, _) in enumerate(cases):
+        dates_i, fbd, through = got[f"K{i}"], spec["first_bill_date"], rows[i]["through"]
+        if fbd is not None and fbd <= through:
+            assert dates_i[0] == fbd, ("first_bill_date, when given, is the first bill date", spec)
+        regular = [b for b in dates_i if b != fbd]
+        weekly = spec["frequency"] in ("weekly", "biweekly")
+        if spec["schedule"] == "facility":
+            if weekly:
+                assert all(b.isoweekday() == spec["weekly_day"] for b in regular), spec
+            else:
+                assert all(b == clamp(b.year, b.month, spec["monthly_day"]) for b in regular), spec
+            if fbd is None and dates_i:
+                assert spec["start"] <= dates_i[0] < spec["start"] + dt.timedelta(days=7 if weekly else 32), spec
+        elif fbd is None and dates_i:
+            assert dates_i[0] == spec["start"], spec
+        if weekly:
+            step = 7 if spec["frequency"] == "weekly" else 14
+            assert all((b - a).days == step for a, b in zip(regular, regular[1:])), spec

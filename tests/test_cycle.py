@@ -1,0 +1,199 @@
+"""The whole nightly cycle on generated data: reruns, kills, gateway errors, blocks."""
+
+import datetime as dt
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from billing_pipeline.demo_data import generate
+from billing_pipeline.runner import RunOptions, run_dates
+from tests.factories import D, card, contract, customer, facility, write_export
+
+START = dt.date(2026, 3, 28)
+TABLES = ["contract_status_daily", "status_change_errors", "due_contracts", "dues_postings", "dues_posting_errors",
+          "billable_customers", "sweep_candidates", "duplicate_contracts", "recurring_dues_without_payment_method",
+          "billing_attempts", "failed_billing_events", "billing_blocks"]
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    generate(out, contracts=3_000, facilities=8, seed=11, start=START, progress=False)
+    return out
+
+
+def snapshot(db: Path) -> dict[str, pl.DataFrame]:
+    with duckdb.connect(str(db), read_only=True) as conn:
+        tables = {t: conn.sql(f"SELECT * {excluded(t)} FROM {t} ORDER BY ALL").pl() for t in TABLES}
+        tables["ledger"] = conn.sql("SELECT * EXCLUDE (posted_at) FROM ledger ORDER BY entry_id").pl()
+        tables["customer_balances"] = conn.sql("SELECT * FROM customer_balances ORDER BY customer_id").pl()
+    return tables
+
+
+def excluded(table: str) -> str:
+    """Wall-clock columns, the only ones allowed to differ between a run and its rerun."""
+    return {"billing_attempts": "EXCLUDE (completed_at)"}.get(table, "")
+
+
+def run(data: Path, db: Path, first: dt.date, last: dt.date, **options):
+    return run_dates(data, db, first, last, None, RunOptions(**options), echo=lambda _: None)
+
+
+def test_rerun_of_days_leaves_every_table_identical(demo_data, tmp_path):
+    db = tmp_path / "billing.duckdb"
+    first = run(demo_data, db, START, START + dt.timedelta(days=3))
+    assert sum(s.approved for s in first) > 0 and sum(s.declined for s in first) > 0
+    before = snapshot(db)
+    captured_before = dict(sqlite3.connect(db.with_name("billing.gateway.sqlite")).execute(
+        "SELECT idempotency_key, times_requested FROM charges").fetchall())
+
+    again = run(demo_data, db, START + dt.timedelta(days=1), START + dt.timedelta(days=3))
+
+    after = snapshot(db)
+    for name in before:
+        assert before[name].equals(after[name]), f"{name} changed on rerun"
+    assert all(not any(s.ledger_problems.values()) for s in first + again)
+    # The rerun sent nothing: every customer's charge of those days already had an outcome.
+    captured_after = dict(sqlite3.connect(db.with_name("billing.gateway.sqlite")).execute(
+        "SELECT idempotency_key, times_requested FROM charges").fetchall())
+    assert captured_after == captured_before
+
+
+def test_catch_up_after_missed_days_posts_each_period_once(demo_data, tmp_path):
+    """Running day 1 then day 4 (days 2-3 missed) posts what running every day posts."""
+    daily, skipping = tmp_path / "daily.duckdb", tmp_path / "skipping.duckdb"
+    run(demo_data, daily, START, START + dt.timedelta(days=3))
+    run(demo_data, skipping, START, START)
+    run(demo_data, skipping, START + dt.timedelta(days=3), START + dt.timedelta(days=3))
+    query = ("SELECT contract_id, bill_date, kind, amount_cents FROM ledger WHERE kind IN ('dues', 'freeze_fee') "
+             "ORDER BY ALL")
+    with duckdb.connect(str(daily), read_only=True) as a, duckdb.connect(str(skipping), read_only=True) as b:
+        every_day, caught_up = a.sql(query).pl(), b.sql(query).pl()
+        assert b.sql("SELECT count(*) FROM ledger GROUP BY contract_id, bill_date HAVING count(*) > 1 "
+                     "AND bool_and(contract_id IS NOT NULL)").fetchall() == []
+    assert every_day.height > 0
+    assert every_day.equals(caught_up)
+
+
+def test_gateway_errors_are_retried_then_recorded_and_others_still_charged(tmp_path):
+    data = write_export(
+        tmp_path / "data",
+        customers=[customer("C1"), customer("C2"), customer("C3")],
+        contracts=[contract("K1"), contract("K2", customer_id="C2"), contract("K3", customer_id="C3")],
+        payment_methods=[card("C1", token="error_timeout"), card("C2"), card("C3", token="decline_do_not_honor")])
+    db = tmp_path / "billing.duckdb"
+    [summary] = run(data, db, D(2026, 1, 1), D(2026, 1, 1))
+    assert (summary.approved, summary.declined, summary.errors) == (1, 1, 1)
+    with duckdb.connect(str(db), read_only=True) as conn:
+        rows = conn.sql("SELECT a.customer_id, a.outcome, a.decline_code, a.tries, f.reason FROM billing_attempts a "
+                        "LEFT JOIN failed_billing_events f USING (idempotency_key) ORDER BY 1").fetchall()
+    assert rows[0][:4] == ("C1", "error", None, 3) and "gateway error after 3 tries" in rows[0][4]
+    assert rows[1][:4] == ("C2", "approved", None, 1)
+    assert rows[2][:4] == ("C3", "declined", "do_not_honor", 1) and rows[2][4] == "do_not_honor"
+
+
+def test_surcharge_posted_only_when_approved(tmp_path):
+    data = write_export(
+        tmp_path / "data",
+        facilities=[facility(surcharge_enabled=True, surcharge_product_id="SUR", surcharge_percent=2.5)],
+        customers=[customer("C1"), customer("C2")],
+        contracts=[contract("K1", dues_cents=1010), contract("K2", customer_id="C2", dues_cents=1010)],
+        payment_methods=[card("C1"), card("C2", token="decline_insufficient_funds")])
+    db = tmp_path / "billing.duckdb"
+    run(data, db, D(2026, 1, 1), D(2026, 1, 1))
+    with duckdb.connect(str(db), read_only=True) as conn:
+        ledger = conn.sql("SELECT customer_id, kind, amount_cents FROM ledger ORDER BY 1, 2").fetchall()
+        balances = dict(conn.sql("SELECT customer_id, balance_cents FROM customer_balances").fetchall())
+    # 2.5 % of 1010 = 25.25 -> 25; the payment is balance + surcharge, leaving nothing due.
+    assert ("C1", "surcharge", 25) in ledger and ("C1", "billing_payment", -1035) in ledger
+    assert not any(c == "C2" and k in ("surcharge", "billing_payment") for c, k, _ in ledger)
+    assert balances == {"C1": 0, "C2": 1010}
+
+
+def test_block_posts_dues_and_charges_no_one(tmp_path):
+    """Two billable customers, one flagged (no payment method): 50 % > 2 %, the window blocks."""
+    data = write_export(tmp_path / "data", customers=[customer("C1"), customer("C2")],
+                        contracts=[contract("K1"), contract("K2", customer_id="C2")], payment_methods=[card("C1")])
+    db = tmp_path / "billing.duckdb"
+    [summary] = run(data, db, D(2026, 1, 1), D(2026, 1, 1))
+    assert summary.blocked_facility_days == ["F1 2026-01-01"]
+    assert summary.dues_posted == 2 and summary.approved == summary.declined == 0
+    with duckdb.connect(str(db), read_only=True) as conn:
+        holds = dict(conn.sql("SELECT customer_id, hold_reason FROM billable_customers").fetchall())
+        assert conn.execute("SELECT count(*) FROM charge_requests").fetchone() == (0,)
+    assert holds == {"C1": "billing_blocked", "C2": "no_payment_method"}
+    # With a higher threshold the same day bills C1; C2 stays held.
+    [summary] = run(data, db, D(2026, 1, 1), D(2026, 1, 1), max_flagged_share=0.6)
+    assert summary.blocked_facility_days == [] and summary.approved == 1
+
+
+KILL_SCRIPT = """
+import sys, datetime as dt
+from pathlib import Path
+from billing_pipeline.runner import RunOptions, run_dates
+run_dates(Path(sys.argv[1]), Path(sys.argv[2]), dt.date(2026, 3, 28), dt.date(2026, 3, 28), None,
+          RunOptions(latency_s=float(sys.argv[3]), max_in_flight=4), echo=print)
+"""
+
+
+def test_killed_while_charging_then_rerun_charges_no_one_twice_and_misses_no_one(demo_data, tmp_path):
+    db = tmp_path / "billing.duckdb"
+    gateway_state = db.with_name("billing.gateway.sqlite")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    # 20 ms a charge, 4 in flight: a few hundred charges take seconds, so the kill lands mid-way.
+    victim = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(demo_data), str(db), "0.02"], env=env,
+                              start_new_session=True)
+    charged = 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and victim.poll() is None:
+        if gateway_state.exists():
+            try:
+                charged = sqlite3.connect(gateway_state).execute("SELECT count(*) FROM charges").fetchone()[0]
+            except sqlite3.OperationalError:
+                charged = 0
+            if charged >= 40:
+                break
+        time.sleep(0.05)
+    assert victim.poll() is None, "the run finished before it could be killed"
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+
+    with duckdb.connect(str(db.with_name("billing.writer.duckdb")), read_only=True) as conn:
+        requested = conn.execute("SELECT count(*) FROM charge_requests").fetchone()[0]
+        recorded = conn.execute("SELECT count(*) FROM billing_attempts").fetchone()[0]
+    assert recorded < requested, "the kill must leave requests without an outcome"
+
+    rerun = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(demo_data), str(db), "0"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+
+    gateway = sqlite3.connect(gateway_state)
+    at_gateway = dict(gateway.execute("SELECT idempotency_key, outcome FROM charges").fetchall())
+    with duckdb.connect(str(db), read_only=True) as conn:
+        requests = conn.sql("SELECT idempotency_key FROM charge_requests").pl().get_column("idempotency_key")
+        attempts = dict(conn.sql("SELECT idempotency_key, outcome FROM billing_attempts WHERE outcome <> 'error'")
+                        .fetchall())
+        payments = conn.sql("SELECT idempotency_key, count(*) AS n FROM ledger WHERE kind = 'billing_payment' "
+                            "GROUP BY 1").pl()
+        billable = conn.execute("SELECT count(*) FROM billable_customers WHERE hold_reason IS NULL").fetchone()[0]
+    # Missed no one: every billable customer not on hold has a request and a final outcome.
+    assert requests.len() == billable > 0
+    assert set(attempts) | set(conn_errors(db)) == set(requests)
+    # Charged no one twice: one record per key at the gateway, and it agrees with ours.
+    assert attempts == {k: v for k, v in at_gateway.items()}
+    assert payments.get_column("n").max() == 1
+    assert set(payments.get_column("idempotency_key")) == {k for k, v in at_gateway.items() if v == "approved"}
+
+
+def conn_errors(db: Path) -> list[str]:
+    with duckdb.connect(str(db), read_only=True) as conn:
+        return [k for (k,) in conn.sql("SELECT idempotency_key FROM billing_attempts WHERE outcome = 'error'")
+                .fetchall()]
