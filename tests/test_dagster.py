@@ -1,0 +1,127 @@
+"""The Dagster code location: loads, materializes a partition, schedules, blocks billing."""
+
+import datetime as dt
+
+import dagster as dg
+import duckdb
+import pytest
+
+from assets.definitions import build_definitions
+from assets.schedules import NIGHTLY_JOB
+from billing_pipeline.facility_clock import partition_key, run_instant
+from billing_pipeline.runner import RunOptions, run_dates
+from tests.factories import D, card, contract, customer, facility, write_export
+
+BERLIN_2026_03_02 = "2026-03-02-01:00"  # 03:00 CET = 02:00 UTC, the window (01:00, 02:00]
+
+
+def export(tmp_path, with_card_for_c2=True):
+    cards = [card("C1"), card("C2")] if with_card_for_c2 else [card("C1")]
+    return write_export(tmp_path / "data", customers=[customer("C1"), customer("C2")],
+                        contracts=[contract("K1"), contract("K2", customer_id="C2", start_date=D(2026, 2, 2))],
+                        payment_methods=cards)
+
+
+def execute(defs, key, instance=None):
+    job = defs.resolve_job_def(NIGHTLY_JOB)
+    return job.execute_in_process(partition_key=key, instance=instance or dg.DagsterInstance.ephemeral(),
+                                  raise_on_error=False)
+
+
+def test_definitions_load_from_the_workspace_module():
+    from assets.definitions import defs
+
+    repo = defs.get_repository_def()
+    keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
+    assert {"contracts", "contract_status_daily", "due_contracts", "dues_postings", "billable_customers",
+            "sweep_candidates", "duplicate_contracts", "recurring_dues_without_payment_method",
+            "billing_attempts", "failed_billing_events"} <= keys
+    checks = {k.name for k in repo.asset_graph.asset_check_keys}
+    assert {"no_duplicate_contracts", "recurring_dues_have_payment_method", "ledger_balances"} <= checks
+    assert defs.resolve_job_def(NIGHTLY_JOB) is not None
+
+
+def test_partition_materializes_against_a_duckdb_file(tmp_path):
+    assert partition_key(run_instant("Europe/Berlin", D(2026, 3, 2))) == BERLIN_2026_03_02
+    db = tmp_path / "billing.duckdb"
+    result = execute(build_definitions(str(export(tmp_path)), str(db)), BERLIN_2026_03_02)
+    assert result.success
+    checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {("billable_customers", "no_duplicate_contracts"): True,
+                      ("billable_customers", "recurring_dues_have_payment_method"): True,
+                      ("dues_postings", "ledger_balances"): True, ("billing_attempts", "ledger_balances"): True}
+    counts = {m.asset_key.to_user_string(): m.materialization.metadata["dagster/row_count"].value
+              for m in result.get_asset_materialization_events()}
+    # K1 bills monthly from Jan 1: Jan 1, Feb 1, Mar 1 catch up; K2 from Feb 2: Feb 2 and Mar 2 (= D).
+    assert counts["dues_postings"] == 5 and counts["billing_attempts"] == 2
+    with duckdb.connect(str(db), read_only=True) as conn:
+        assert conn.execute("SELECT sum(amount_cents) FROM ledger WHERE kind = 'dues'").fetchone() == (25000,)
+        assert conn.execute("SELECT count(*) FROM billing_attempts WHERE outcome = 'approved'").fetchone() == (2,)
+
+
+def test_partition_and_cli_give_identical_results(tmp_path):
+    data = export(tmp_path)
+    by_dagster, by_cli = tmp_path / "dagster.duckdb", tmp_path / "cli.duckdb"
+    execute(build_definitions(str(data), str(by_dagster)), BERLIN_2026_03_02)
+    run_dates(data, by_cli, D(2026, 3, 2), D(2026, 3, 2), None, RunOptions(), echo=lambda _: None)
+    query = ("SELECT * EXCLUDE (posted_at) FROM ledger ORDER BY entry_id",
+             "SELECT * EXCLUDE (completed_at) FROM billing_attempts ORDER BY 1",
+             "SELECT * FROM billable_customers ORDER BY customer_id",
+             "SELECT * FROM contract_status_daily ORDER BY contract_id")
+    with duckdb.connect(str(by_dagster), read_only=True) as a, duckdb.connect(str(by_cli), read_only=True) as b:
+        for sql in query:
+            assert a.sql(sql).fetchall() == b.sql(sql).fetchall(), sql
+
+
+def test_blocking_check_stops_billing_in_the_ui_and_dues_still_post(tmp_path):
+    db = tmp_path / "billing.duckdb"
+    result = execute(build_definitions(str(export(tmp_path, with_card_for_c2=False)), str(db)), BERLIN_2026_03_02)
+    assert not result.success  # the run shows red in the UI
+    failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
+    assert failed == {"recurring_dues_have_payment_method", "no_duplicate_contracts"}
+    started = {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+    assert "billable" in started and "charging" not in started
+    with duckdb.connect(str(db), read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM dues_postings").fetchone() == (5,)
+        assert conn.execute("SELECT count(*) FROM billing_attempts").fetchone() == (0,)
+
+
+def test_rerun_of_a_partition_changes_nothing(tmp_path):
+    db = tmp_path / "billing.duckdb"
+    defs = build_definitions(str(export(tmp_path)), str(db))
+    instance = dg.DagsterInstance.ephemeral()
+    execute(defs, BERLIN_2026_03_02, instance)
+    with duckdb.connect(str(db), read_only=True) as conn:
+        before = conn.sql("SELECT entry_id, amount_cents FROM ledger ORDER BY 1").fetchall()
+    result = execute(defs, BERLIN_2026_03_02, instance)
+    assert result.success
+    with duckdb.connect(str(db), read_only=True) as conn:
+        assert conn.sql("SELECT entry_id, amount_cents FROM ledger ORDER BY 1").fetchall() == before
+
+
+@pytest.mark.parametrize("now, expected", [
+    (dt.datetime(2026, 3, 2, 2, 0, tzinfo=dt.timezone.utc), BERLIN_2026_03_02),
+    (dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.timezone.utc), None),
+])
+def test_schedule_runs_the_window_that_just_ended(tmp_path, now, expected):
+    defs = build_definitions(str(export(tmp_path)), str(tmp_path / "billing.duckdb"))
+    schedule = defs.get_schedule_def("facility_nights")
+    with dg.build_schedule_context(scheduled_execution_time=now, repository_def=defs.get_repository_def(),
+                                   resources={"export": defs.resources["export"]}) as context:
+        result = schedule.evaluate_tick(context)
+    if expected is None:
+        assert result.run_requests == [] and "no facility" in result.skip_message
+    else:
+        assert [r.partition_key for r in result.run_requests] == [expected]
+
+
+def test_half_hour_zone_facility_lands_in_its_own_window(tmp_path):
+    data = write_export(tmp_path / "data", facilities=[facility(timezone="Asia/Kolkata")])
+    defs = build_definitions(str(data), str(tmp_path / "billing.duckdb"))
+    # 03:00 IST = 21:30 UTC the evening before: window (21:00, 22:00].
+    result = execute(defs, "2026-03-01-21:00")
+    assert result.success
+    counts = {m.asset_key.to_user_string(): m.materialization.metadata["dagster/row_count"].value
+              for m in result.get_asset_materialization_events()}
+    assert counts["contract_status_daily"] == 1
+    assert execute(defs, "2026-03-01-22:00").success
