@@ -50,10 +50,12 @@ class ChildResult:
     result: dict[str, Any] | None
 
 
-def run_child(module: str, args: list[str], result_path: Path, env: dict[str, str] | None = None) -> ChildResult:
-    """Runs `python -m module args...` and reaps it with wait4 for its own rusage."""
+def run_child(module: str, args: list[str], result_path: Path, env: dict[str, str] | None = None,
+              wrap: list[str] | None = None) -> ChildResult:
+    """Runs `python -m module args...` (after `wrap`, e.g. a profiler) and reaps it with wait4 for
+    its own rusage (with a wrapper: the largest of the wrapper and the worker)."""
     result_path.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", module, *args, "--result", str(result_path)]
+    cmd = [*(wrap or []), sys.executable, "-m", module, *args, "--result", str(result_path)]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})})
     _, status, usage = os.wait4(proc.pid, 0)
