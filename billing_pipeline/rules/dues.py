@@ -12,7 +12,7 @@ from __future__ import annotations
 import polars as pl
 
 from billing_pipeline.rules import bill_dates
-from billing_pipeline.rules.contract_status import IN_EFFECT, status_on
+from billing_pipeline.rules.contract_status import ALIVE, IN_EFFECT, status_on
 
 MAX_MISSED_PERIODS = 12
 # Above this many bill dates in the window, the window is not expanded: it is an error anyway.
@@ -40,6 +40,7 @@ def contracts_for_days(contracts: pl.LazyFrame, customers: pl.LazyFrame, facilit
             .otherwise(pl.col("home_facility_id")).alias("processing_facility_id"),
             pl.col("facility_id").alias("contract_facility_id"),
         )
+        .rename({"status": "exported_status"})
         .drop("facility_id", "home_facility_id")
         .rename({"processing_facility_id": "facility_id"})
     )
@@ -92,14 +93,19 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
     contract_id, last_bill_date (latest period posted before this business date).
     Returns (periods with kind and amount, too_many_missed_periods errors).
     """
+    # Nothing bills from a termination or conclusion on: the window ends the day before.
+    ends = (timeline.filter(pl.col("status").is_in(["terminated", "concluded"]))
+            .group_by("contract_id").agg(pl.col("valid_from").min().alias("ends_on")))
     windows = (
         processed.join(last_posted, on="contract_id", how="left")
+        .join(ends, on="contract_id", how="left")
+        .with_columns(pl.min_horizontal("business_date", pl.col("ends_on") - pl.duration(days=1)).alias("through"))
         .pipe(bill_dates.with_schedule)
-        .pipe(bill_dates.with_count_between, "last_bill_date", "business_date", "n_dates")
+        .pipe(bill_dates.with_count_between, "last_bill_date", "through", "n_dates")
         .filter(pl.col("n_dates") > 0)
     )
     expanded = bill_dates.explode_bill_dates(windows.filter(pl.col("n_dates") <= EXPANSION_CAP),
-                                             "last_bill_date", "business_date")
+                                             "last_bill_date", "through")
     with_status = status_on(timeline, expanded, "bill_date")
     periods = (
         with_status.with_columns(
@@ -135,8 +141,10 @@ def post_dues(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl.L
     in_effect_today = status_on(timeline, processed.select("contract_id", "business_date"), "business_date").filter(
         pl.col("status").is_in(IN_EFFECT)).select("contract_id")
     has_periods = periods.select("contract_id").unique()
-    # Data errors are reported for contracts that matter tonight: in effect, or owing periods.
-    relevant = pl.concat([in_effect_today, has_periods]).unique()
+    alive = processed.filter(pl.col("exported_status").is_in(ALIVE)).select("contract_id")
+    # Data errors are reported for contracts that matter tonight: alive in the export, in effect,
+    # or owing periods; a contract that ended long ago is not reported every night.
+    relevant = pl.concat([in_effect_today, has_periods, alive]).unique()
     errors = pl.concat([errors.join(relevant, on="contract_id", how="semi"), too_many], how="vertical")
     blocking_codes = errors.filter(pl.col("error_code") != "duplicate_contract").select("contract_id").unique()
     due = periods.join(blocking_codes, on="contract_id", how="anti")

@@ -1,0 +1,464 @@
+"""Billable customers (SPEC 1.4), holds and blocks (1.6), surcharges and money (1.5), balance due now."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import ROUND_HALF_UP, Decimal
+from importlib import resources
+
+import duckdb
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from billing_pipeline import cycle
+from billing_pipeline.cycle import CycleSettings, Night
+from billing_pipeline.inputs.contract import TABLES
+from billing_pipeline.inputs.load import Inputs
+from billing_pipeline.rules import billable as rules
+from billing_pipeline.rules import prebilling
+from billing_pipeline.rules.balance import balance_due_now
+from billing_pipeline.rules.money import percent_of
+from tests.factories import D, card, change, contract, customer, facility, frames, plan
+
+DAY = D(2026, 4, 15)
+KEYS = {"customer_id": pl.String, "business_date": pl.Date}
+
+
+def customer_days(day: dt.date, customer_ids: list[str], **settings_) -> pl.DataFrame:
+    """As the cycle builds them: customers of the facility-day with the facility's billing settings."""
+    fac = pl.DataFrame([facility(**settings_)], schema=TABLES["facilities"].dtypes)
+    cust = pl.DataFrame([customer(c) for c in customer_ids], schema=TABLES["customers"].dtypes)
+    return (cust.select("customer_id", "facility_id")
+            .join(pl.DataFrame({"facility_id": ["F1"], "business_date": [day]}), on="facility_id")
+            .join(fac.drop("name", "timezone"), on="facility_id"))
+
+
+def billable(day: dt.date = DAY, *, balance: dict[str, int], due: dict[str, tuple[int, int]] | None = None,
+             last: dict[str, tuple[dt.date, str]] | None = None, qualifying: set[str] | None = None,
+             **settings_) -> dict[str, tuple[list[str], int]]:
+    """customer -> (reasons, balance_cents) of those who would be billed on `day` before holds."""
+    ids = sorted(balance)
+    days = customer_days(day, ids, **settings_)
+    balances = pl.DataFrame({"customer_id": ids, "business_date": [day] * len(ids),
+                             "balance_cents": [balance[c] for c in ids]}, schema={**KEYS, "balance_cents": pl.Int64})
+    due = due or {}
+    due_frame = pl.DataFrame([(c, day, d, p) for c, (d, p) in due.items()], orient="row",
+                             schema={**KEYS, "due_cents": pl.Int64, "posted_cents": pl.Int64})
+    last = last or {}
+    last_frame = pl.DataFrame([(c, d, o) for c, (d, o) in last.items()], orient="row",
+                              schema={"customer_id": pl.String, "last_attempt_date": pl.Date, "last_outcome": pl.String})
+    qual = pl.DataFrame([(c, day) for c in sorted(qualifying or set())], orient="row", schema=KEYS)
+    out = rules.billable_customers(days.lazy(), balances.lazy(), due_frame.lazy(), last_frame.lazy(),
+                                   qual.lazy()).collect()
+    assert out["customer_id"].n_unique() == out.height, "at most one row (one attempt) per customer and day"
+    return {r["customer_id"]: (sorted(r["reasons"]), r["balance_cents"]) for r in out.iter_rows(named=True)}
+
+
+def reasons(**kw) -> list[str] | None:
+    got = billable(**kw)
+    return got["C1"][0] if "C1" in got else None
+
+
+# --- reasons --------------------------------------------------------------------------------------------
+
+def test_dues_posted_bills_the_whole_balance():
+    assert billable(balance={"C1": 7500, "C2": 900}, due={"C1": (5000, 5000)}) == {"C1": (["dues_posted"], 7500)}
+
+
+def test_dues_posted_but_nothing_due_now_is_not_billed():
+    # A prepayment covered the dues: balance due now is 0.
+    assert billable(balance={"C1": 0}, due={"C1": (5000, 5000)}) == {}
+
+
+@pytest.mark.parametrize("outcome, days_ago, after_days, expected", [
+    ("declined", 3, 3, True),
+    ("declined", 2, 3, False),
+    ("declined", 5, 3, True),   # a missed night does not lose the retry
+    ("declined", 40, 3, True),
+    ("error", 3, 3, True),      # a gateway error is retried like a decline
+    ("approved", 10, 3, False),
+    ("declined", 10, None, False),  # the facility does not retry
+    ("declined", 1, 1, True),
+])
+def test_retry_after_a_decline_or_gateway_error(outcome, days_ago, after_days, expected):
+    got = reasons(balance={"C1": 2500}, last={"C1": (DAY - dt.timedelta(days=days_ago), outcome)},
+                  retry_declined_after_days=after_days)
+    assert (got == ["retry"]) is expected, got
+
+
+@pytest.mark.parametrize("day, sweep_days, expected", [
+    (D(2026, 4, 30), "15;31", True),   # 31 means the last day of a 30-day month
+    (D(2026, 4, 29), "15;31", False),
+    (D(2026, 4, 15), "15;31", True),
+    (D(2026, 3, 31), "15;31", True),
+    (D(2026, 3, 30), "15;31", False),
+    (D(2026, 2, 28), "15;31", True),
+    (D(2028, 2, 28), "15;31", False),  # leap year: the last day is the 29th
+    (D(2028, 2, 29), "15;31", True),
+    (D(2026, 2, 28), "30", True),
+    (D(2026, 4, 30), "1;15", False),
+    (D(2026, 4, 1), "1;15", True),
+    (D(2026, 4, 30), "30;31", True),
+])
+def test_sweep_fixed_on_listed_days_with_past_month_end_meaning_last_day(day, sweep_days, expected):
+    got = reasons(day=day, balance={"C1": 1200}, sweep_mode="fixed", fixed_sweep_days=sweep_days)
+    assert (got == ["sweep_fixed"]) is expected, got
+
+
+def test_sweep_fixed_needs_sweep_mode_fixed():
+    for mode in ("off", "rolling"):
+        assert "sweep_fixed" not in (reasons(day=D(2026, 4, 15), balance={"C1": 1200}, sweep_mode=mode,
+                                             fixed_sweep_days="15", rolling_sweep_days=30) or [])
+
+
+@pytest.mark.parametrize("last, rolling_days, expected", [
+    (None, 10, True),                         # never billed
+    ((DAY - dt.timedelta(days=10), "approved"), 10, True),
+    ((DAY - dt.timedelta(days=9), "approved"), 10, False),
+    ((DAY - dt.timedelta(days=25), "declined"), 10, True),
+])
+def test_sweep_rolling(last, rolling_days, expected):
+    got = reasons(balance={"C1": 1200}, last={"C1": last} if last else None, sweep_mode="rolling",
+                  rolling_sweep_days=rolling_days)
+    assert ("sweep_rolling" in (got or [])) is expected, got
+
+
+def test_sweep_rolling_needs_sweep_mode_rolling():
+    assert reasons(balance={"C1": 1200}, sweep_mode="off", rolling_sweep_days=10) is None
+    assert reasons(balance={"C1": 1200}, sweep_mode="fixed", fixed_sweep_days="1", rolling_sweep_days=10) is None
+
+
+@pytest.mark.parametrize("balance", [0, -500])
+def test_balance_due_now_must_be_above_zero_for_every_reason(balance):
+    got = billable(day=D(2026, 4, 30), balance={"C1": balance}, due={"C1": (5000, 5000)},
+                   last={"C1": (D(2026, 4, 1), "declined")}, retry_declined_after_days=3,
+                   sweep_mode="fixed", fixed_sweep_days="31")
+    assert got == {}
+
+
+def test_every_reason_that_applies_is_listed_once():
+    got = billable(day=D(2026, 4, 30), balance={"C1": 6000}, due={"C1": (5000, 5000)},
+                   last={"C1": (D(2026, 4, 20), "declined")}, retry_declined_after_days=3,
+                   sweep_mode="fixed", fixed_sweep_days="15;31")
+    assert got == {"C1": (["dues_posted", "retry", "sweep_fixed"], 6000)}
+
+
+def test_held_dues_still_make_the_customer_billable_before_holds():
+    """A duplicate-contract hold stops the posting; the customer is still listed (then held)."""
+    got = billable(balance={"C1": 0}, due={"C1": (5000, 0)})
+    assert list(got) == ["C1"] and got["C1"][0] == ["dues_posted"]
+
+
+def test_active_contracts_only_applies_to_every_reason():
+    kw = dict(day=D(2026, 4, 30), balance={"C1": 1000, "C2": 1000, "C3": 1000}, due={"C2": (500, 500)},
+              last={"C3": (D(2026, 4, 1), "declined")}, retry_declined_after_days=3,
+              sweep_mode="fixed", fixed_sweep_days="31")
+    assert sorted(billable(**kw)) == ["C1", "C2", "C3"]
+    assert sorted(billable(**kw, active_contracts_only=True, qualifying={"C2"})) == ["C2"]
+    assert sorted(billable(**kw, active_contracts_only=True, qualifying=set())) == []
+
+
+# --- usable payment methods and holds --------------------------------------------------------------------------
+
+def usable(methods: list[dict], day: dt.date = DAY) -> dict[str, str]:
+    pm = pl.DataFrame(methods, schema=TABLES["payment_methods"].dtypes)
+    keys = pl.DataFrame({"customer_id": ["C1"], "business_date": [day]})
+    out = prebilling.usable_payment_methods(pm.lazy(), keys.lazy()).collect()
+    return dict(zip(out["customer_id"], out["payment_method_id"]))
+
+
+@pytest.mark.parametrize("methods, expected", [
+    ([card("C1")], {"C1": "PM-C1"}),
+    ([card("C1", removed=True)], {}),
+    ([card("C1", expires_on=DAY - dt.timedelta(days=1))], {}),
+    ([card("C1", expires_on=DAY)], {"C1": "PM-C1"}),  # D on or before expires_on
+    ([card("C1", expires_on=None)], {"C1": "PM-C1"}),
+    ([card("C1", is_default=False)], {}),             # only the default one is used
+    ([card("C1", is_default=False), card("C1", payment_method_id="PM-2", kind="ach")], {"C1": "PM-2"}),
+    ([card("C1", removed=True), card("C1", payment_method_id="PM-2", is_default=False)], {}),
+])
+def test_usable_payment_method_is_the_default_not_removed_and_not_expired(methods, expected):
+    assert usable(methods) == expected
+
+
+def hold_of(*, dup: bool = False, method: bool = True, blocked: bool = False) -> str | None:
+    base = pl.DataFrame({"business_date": [DAY], "facility_id": ["F1"], "customer_id": ["C1"],
+                         "reasons": [["dues_posted"]], "balance_cents": [5000]})
+    dups = pl.DataFrame({"business_date": [DAY] * dup, "customer_id": ["C1"] * dup},
+                        schema={"business_date": pl.Date, "customer_id": pl.String})
+    methods = pl.DataFrame({"customer_id": ["C1"] * method, "business_date": [DAY] * method,
+                            "payment_method_id": ["PM-C1"] * method, "payment_kind": ["card"] * method,
+                            "token": ["tok"] * method},
+                           schema={**KEYS, "payment_method_id": pl.String, "payment_kind": pl.String, "token": pl.String})
+    blocks = pl.DataFrame({"facility_id": ["F1"], "business_date": [DAY], "blocked": [blocked]})
+    out = rules.apply_holds(base.lazy(), dups.lazy(), methods.lazy(), blocks.lazy()).collect()
+    assert out.height == 1
+    return out["hold_reason"][0]
+
+
+def test_holds():
+    assert hold_of() is None
+    assert hold_of(dup=True) == "duplicate_contract"
+    assert hold_of(method=False) == "no_payment_method"
+    assert hold_of(blocked=True) == "billing_blocked"
+
+
+# --- the billing block ----------------------------------------------------------------------------------------
+
+def blocks(per_facility: dict[str, tuple[str, int, int]], share: float = prebilling.DEFAULT_BLOCK_SHARE) -> dict[str, bool]:
+    """facility -> (partition_key, candidates, flagged among them) ==> facility -> blocked."""
+    cand, flagged, days = [], [], []
+    for fid, (key, n, f) in per_facility.items():
+        ids = [f"{fid}-C{i}" for i in range(n)]
+        cand += [(DAY, fid, c) for c in ids]
+        flagged += [(DAY, c) for c in ids[:f]]
+        days.append((DAY, fid, key))
+    cand_f = pl.DataFrame(cand, orient="row", schema={"business_date": pl.Date, "facility_id": pl.String,
+                                                      "customer_id": pl.String})
+    flag_f = pl.DataFrame(flagged, orient="row", schema={"business_date": pl.Date, "customer_id": pl.String})
+    days_f = pl.DataFrame(days, orient="row", schema={"business_date": pl.Date, "facility_id": pl.String,
+                                                      "partition_key": pl.String})
+    out = prebilling.billing_blocks(cand_f.lazy(), flag_f.lazy(), days_f.lazy(), share).collect()
+    return dict(zip(out["facility_id"], out["blocked"]))
+
+
+def test_default_block_share_is_two_percent():
+    assert prebilling.DEFAULT_BLOCK_SHARE == 0.02
+
+
+def test_block_only_when_flagged_share_exceeds_the_limit():
+    assert blocks({"F1": ("W", 50, 1)}) == {"F1": False}   # exactly 2%: does not exceed
+    assert blocks({"F1": ("W", 50, 2)}) == {"F1": True}    # 4%
+    assert blocks({"F1": ("W", 10, 1)}, share=0.2) == {"F1": False}
+    assert blocks({"F1": ("W", 10, 3)}, share=0.2) == {"F1": True}
+
+
+def test_block_share_is_over_the_whole_window():
+    # F1 alone would be blocked (1 of 2), but its window also holds F2's 98 clean customers: 1%.
+    assert blocks({"F1": ("W1", 2, 1), "F2": ("W1", 98, 0), "F3": ("W2", 2, 1)}) == {
+        "F1": False, "F2": False, "F3": True}
+    # And a bad facility blocks its whole window.
+    assert blocks({"F1": ("W1", 10, 5), "F2": ("W1", 10, 0)}) == {"F1": True, "F2": True}
+
+
+def test_no_one_to_bill_means_no_block():
+    assert blocks({"F1": ("W", 0, 0), "F2": ("W", 0, 0)}) == {"F1": False, "F2": False}
+
+
+# --- charges and surcharges -------------------------------------------------------------------------------------
+
+def requests(rows: list[dict]) -> dict[str, tuple[int, int]]:
+    held = pl.DataFrame(rows, schema={"business_date": pl.Date, "facility_id": pl.String, "customer_id": pl.String,
+                                      "payment_method_id": pl.String, "payment_kind": pl.String, "token": pl.String,
+                                      "balance_cents": pl.Int64, "hold_reason": pl.String,
+                                      "surcharge_enabled": pl.Boolean, "surcharge_percent": pl.Float64,
+                                      "surcharge_product_id": pl.String})
+    out = rules.charge_requests(held.lazy()).collect()
+    assert out["idempotency_key"].n_unique() == out.height
+    return {r["customer_id"]: (r["amount_cents"], r["surcharge_cents"]) for r in out.iter_rows(named=True)}
+
+
+def req(customer_id: str, balance: int, kind: str = "card", enabled: bool = True, percent: float | None = 3.0,
+        hold: str | None = None) -> dict:
+    return dict(business_date=DAY, facility_id="F1", customer_id=customer_id, payment_method_id=f"PM-{customer_id}",
+                payment_kind=kind, token="tok", balance_cents=balance, hold_reason=hold, surcharge_enabled=enabled,
+                surcharge_percent=percent, surcharge_product_id="SUR")
+
+
+def test_surcharge_only_for_cards_with_surcharge_enabled():
+    got = requests([req("C1", 10_000), req("C2", 10_000, kind="ach"), req("C3", 10_000, enabled=False),
+                    req("C4", 10_000, hold="no_payment_method")])
+    assert got == {"C1": (10_000, 300), "C2": (10_000, 0), "C3": (10_000, 0)}
+
+
+@pytest.mark.parametrize("balance, percent, expected", [
+    (1050, 3.0, 32),     # 31.5 -> 32
+    (1049, 3.0, 31),     # 31.47 -> 31
+    (150, 3.5, 5),       # 5.25 -> 5
+    (1, 50.0, 1),        # 0.5 -> 1
+    (3, 50.0, 2),        # 1.5 -> 2
+    (12345, 2.75, 339),  # 339.4875 -> 339
+    (20, 2.5, 1),        # 0.5 -> 1
+    (999, 0.0, 0),
+])
+def test_surcharge_is_rounded_half_away_from_zero(balance, percent, expected):
+    assert requests([req("C1", balance, percent=percent)]) == {"C1": (balance, expected)}
+
+
+def expected_percent(amount: int, basis: int) -> int:
+    """`basis` ten-thousandths of a percent of `amount` cents, ROUND_HALF_UP (= half away from zero)."""
+    return int((Decimal(amount) * Decimal(basis) / Decimal(1_000_000)).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cases=st.lists(st.tuples(st.integers(-10**10, 10**10), st.integers(0, 1_000_000)), min_size=1, max_size=200))
+def test_percent_of_matches_decimal_round_half_up(cases):
+    amounts = pl.Series([a for a, _ in cases], dtype=pl.Int64)
+    percents = pl.Series([b / 10_000 for _, b in cases], dtype=pl.Float64)
+    got = pl.DataFrame({"a": amounts, "p": percents}).select(percent_of(pl.col("a"), pl.col("p")).alias("s"))["s"]
+    assert got.dtype == pl.Int64
+    assert got.to_list() == [expected_percent(a, b) for a, b in cases]
+
+
+@settings(max_examples=30, deadline=None)
+@given(cases=st.lists(st.tuples(st.integers(0, 10**7), st.integers(0, 100)), min_size=1, max_size=100))
+def test_percent_of_exact_halves_round_up(cases):
+    # amount * p% lands exactly on .5 cents for amount = 50 * odd / p-ish cases; check symmetry instead:
+    amounts = pl.Series([a for a, _ in cases], dtype=pl.Int64)
+    p = pl.Series([float(b) for _, b in cases])
+    df = pl.DataFrame({"a": amounts, "p": p})
+    pos = df.select(percent_of(pl.col("a"), pl.col("p")))["a"].to_list()
+    neg = df.select(percent_of(-pl.col("a"), pl.col("p")))["a"].to_list()
+    assert neg == [-x for x in pos], "half away from zero is symmetric"
+    assert pos == [expected_percent(a, b * 10_000) for a, b in cases]
+
+
+# --- balance due now ------------------------------------------------------------------------------------------
+
+def balance(day: dt.date, charges: list[tuple], payments: list[tuple], ledger: dict[str, tuple[int, int]] | None = None,
+            customers: tuple[str, ...] = ("C1", "C2")) -> dict[str, int]:
+    """charges: (customer, amount, posted_date, due_date); payments: (customer, amount, paid_date);
+    ledger: customer -> (entries before D, dues and freeze fees posted on D)."""
+    keys = pl.DataFrame({"customer_id": list(customers), "business_date": [day] * len(customers)})
+    ch = pl.DataFrame([dict(charge_id=f"CH{i}", customer_id=c, facility_id="F1", product_id="P", amount_cents=a,
+                            posted_date=p, due_date=d) for i, (c, a, p, d) in enumerate(charges)],
+                      schema=TABLES["charges"].dtypes)
+    pay = pl.DataFrame([dict(payment_id=f"PY{i}", customer_id=c, facility_id="F1", amount_cents=a, paid_date=d,
+                             channel="terminal") for i, (c, a, d) in enumerate(payments)],
+                       schema=TABLES["payments"].dtypes)
+    sums = pl.DataFrame([(c, b, t) for c, (b, t) in (ledger or {}).items()], orient="row",
+                        schema={"customer_id": pl.String, "ledger_before_cents": pl.Int64,
+                                "ledger_dues_today_cents": pl.Int64})
+    out = balance_due_now(keys.lazy(), ch.lazy(), pay.lazy(), sums.lazy()).collect()
+    assert out.height == len(customers)
+    return dict(zip(out["customer_id"], out["balance_cents"]))
+
+
+def test_balance_counts_charges_due_on_or_before_d_only():
+    d = DAY
+    got = balance(d, charges=[("C1", 1000, d - dt.timedelta(days=10), d - dt.timedelta(days=1)),
+                              ("C1", 200, d - dt.timedelta(days=10), d),
+                              ("C1", 7000, d - dt.timedelta(days=10), d + dt.timedelta(days=1))], payments=[])
+    assert got == {"C1": 1200, "C2": 0}
+
+
+def test_balance_subtracts_payments_on_or_before_d_only():
+    d = DAY
+    got = balance(d, charges=[("C1", 5000, d - dt.timedelta(days=3), d - dt.timedelta(days=3))],
+                  payments=[("C1", 1500, d - dt.timedelta(days=2)), ("C1", 500, d),
+                            ("C1", 3000, d + dt.timedelta(days=1))])
+    assert got == {"C1": 3000, "C2": 0}
+
+
+def test_balance_adds_the_ledger_debits_minus_credits():
+    d = DAY
+    got = balance(d, charges=[("C2", 400, d, d)], payments=[("C2", 100, d)],
+                  ledger={"C1": (5000 - 5000 + 700, 5000), "C2": (-250, 0)})
+    assert got == {"C1": 5700, "C2": 400 - 100 - 250}
+
+
+def test_balance_can_be_negative_credit():
+    d = DAY
+    assert balance(d, charges=[], payments=[("C1", 900, d)], customers=("C1",)) == {"C1": -900}
+
+
+def test_charges_of_other_customers_are_not_mixed_in():
+    d = DAY
+    got = balance(d, charges=[("C9", 999, d, d)], payments=[("C8", 5, d)])
+    assert got == {"C1": 0, "C2": 0}
+
+
+# --- through the cycle's wiring: who qualifies for active_contracts_only, holds -------------------------------------
+
+def run_until_billable(day: dt.date, max_share: float = 1.0, **tables: list[dict]) -> pl.DataFrame:
+    """maintenance -> dues posting -> billable customers for every facility on `day`, on an
+    in-memory warehouse (no charging)."""
+    t = frames(**tables)
+    inputs = Inputs(**{name: t.get(name, pl.DataFrame(schema=spec.dtypes)) for name, spec in TABLES.items()})
+    night = Night(inputs, inputs.facilities.select("facility_id", pl.lit(day).alias("business_date"),
+                                                    pl.lit("window").alias("partition_key")))
+    conn = duckdb.connect()
+    try:
+        conn.execute(resources.files("billing_pipeline.warehouse").joinpath("schema.sql").read_text())
+        cycle.maintenance(conn, night)
+        cycle.post_dues(conn, night)
+        return cycle.select_billable(conn, night, CycleSettings(max_flagged_share=max_share))["billable_customers"]
+    finally:
+        conn.close()
+
+
+PLANS = [plan(plan_id="MEM", contract_type="membership"), plan(plan_id="PRG", contract_type="program"),
+         plan(plan_id="PAS", contract_type="pass"), plan(plan_id="OTH", contract_type="other")]
+
+
+def open_balance(customer_id: str, day: dt.date) -> dict:
+    return dict(charge_id=f"CH-{customer_id}", customer_id=customer_id, facility_id="F1", product_id="RETAIL",
+                amount_cents=1000, posted_date=day - dt.timedelta(days=20), due_date=day - dt.timedelta(days=5))
+
+
+def test_active_contracts_only_includes_membership_program_pass_in_effect():
+    day = D(2026, 4, 15)  # a fixed sweep day; contracts bill on the 1st (no dues tonight)
+    who = {
+        "C_MEM": [contract("K_MEM", customer_id="C_MEM", plan_id="MEM")],
+        "C_PRG": [contract("K_PRG", customer_id="C_PRG", plan_id="PRG")],
+        "C_PAS": [contract("K_PAS", customer_id="C_PAS", plan_id="PAS")],
+        "C_FRZ": [contract("K_FRZ", customer_id="C_FRZ", plan_id="MEM")],
+        "C_OTH": [contract("K_OTH", customer_id="C_OTH", plan_id="OTH")],
+        "C_TRM": [contract("K_TRM", customer_id="C_TRM", plan_id="MEM", status="terminated")],
+        "C_NONE": [],
+    }
+    contracts = [k for ks in who.values() for k in ks]
+    out = run_until_billable(
+        day, facilities=[facility(sweep_mode="fixed", fixed_sweep_days="15", active_contracts_only=True)],
+        plans=PLANS, customers=[customer(c) for c in who], contracts=contracts,
+        payment_methods=[card(c) for c in who], charges=[open_balance(c, day) for c in who],
+        status_changes=[change("X1", "K_FRZ", "freeze", D(2026, 4, 2))])
+    assert sorted(out["customer_id"]) == ["C_FRZ", "C_MEM", "C_PAS", "C_PRG"]
+    assert set(out["balance_cents"]) == {1000}
+
+
+def test_active_contracts_only_excludes_contracts_no_longer_in_effect_on_d():
+    """Status is the one derived for D: terminated by a change, concluded by its end date, not started."""
+    day = D(2026, 4, 15)
+    who = ["C_TRM", "C_END", "C_PEND", "C_OK"]
+    contracts = [contract("K_TRM", customer_id="C_TRM", plan_id="MEM"),
+                 contract("K_END", customer_id="C_END", plan_id="MEM", end_date=D(2026, 3, 31)),
+                 contract("K_PEND", customer_id="C_PEND", plan_id="MEM", status="pending", start_date=D(2026, 5, 1)),
+                 contract("K_OK", customer_id="C_OK", plan_id="MEM")]
+    out = run_until_billable(
+        day, facilities=[facility(sweep_mode="fixed", fixed_sweep_days="15", active_contracts_only=True)],
+        plans=PLANS, customers=[customer(c) for c in who], contracts=contracts,
+        payment_methods=[card(c) for c in who], charges=[open_balance(c, day) for c in who],
+        status_changes=[change("X1", "K_TRM", "terminate", D(2026, 4, 1))])
+    assert sorted(out["customer_id"]) == ["C_OK"]
+
+
+def test_holds_through_the_cycle():
+    day = D(2026, 4, 1)  # every contract bills on the 1st: dues post (except the duplicate's)
+    who = ["C_OK", "C_DUP", "C_REM", "C_EXP", "C_NODEF", "C_NOPM"]
+    contracts = [contract(f"K_{c}", customer_id=c, start_date=D(2026, 4, 1)) for c in who]
+    contracts.append(contract("K_C_DUP2", customer_id="C_DUP", start_date=D(2026, 4, 1)))
+    methods = [card("C_OK"), card("C_DUP"), card("C_REM", removed=True), card("C_EXP", expires_on=D(2026, 3, 31)),
+               card("C_NODEF", is_default=False)]
+    out = run_until_billable(day, customers=[customer(c) for c in who], contracts=contracts, payment_methods=methods)
+    holds = dict(zip(out["customer_id"], out["hold_reason"]))
+    assert holds == {"C_OK": None, "C_DUP": "duplicate_contract", "C_REM": "no_payment_method",
+                     "C_EXP": "no_payment_method", "C_NODEF": "no_payment_method", "C_NOPM": "no_payment_method"}
+    assert dict(zip(out["customer_id"], out["balance_cents"]))["C_OK"] == 5000
+
+
+def test_flagged_share_above_the_limit_blocks_billing_for_everyone_in_the_window():
+    day = D(2026, 4, 1)
+    who = [f"C{i}" for i in range(10)]
+    contracts = [contract(f"K{i}", customer_id=c, start_date=day) for i, c in enumerate(who)]
+    methods = [card(c) for c in who[1:]]  # C0 has none: 1 of 10 flagged
+    out = run_until_billable(day, max_share=0.05, customers=[customer(c) for c in who], contracts=contracts,
+                             payment_methods=methods)
+    holds = dict(zip(out["customer_id"], out["hold_reason"]))
+    assert holds["C0"] == "no_payment_method"
+    assert {holds[c] for c in who[1:]} == {"billing_blocked"}
+    out = run_until_billable(day, max_share=0.2, customers=[customer(c) for c in who], contracts=contracts,
+                             payment_methods=methods)
+    assert {h for c, h in zip(out["customer_id"], out["hold_reason"]) if c != "C0"} == {None}
