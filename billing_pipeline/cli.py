@@ -6,6 +6,7 @@ Errors a user can fix (bad input, a bad date) are one readable line and a non-ze
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sys
 from pathlib import Path
 
@@ -30,7 +31,22 @@ def fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-@click.group()
+class OneLineErrors(click.Group):
+    """Any failure the commands do not handle themselves is still one line, not a traceback
+    (BILLING_DEBUG=1 shows the traceback)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if os.environ.get("BILLING_DEBUG"):
+                raise
+            fail(f"{exc.__class__.__name__}: {exc}".splitlines()[0], 1)
+
+
+@click.group(cls=OneLineErrors)
 def main() -> None:
     """Batch billing for gym chains and certifying associations."""
 

@@ -400,7 +400,7 @@ def open_balance(customer_id: str, day: dt.date) -> dict:
 
 
 def test_active_contracts_only_includes_membership_program_pass_in_effect():
-    day = D(2026, 4, 15)  # a fixed sweep day; contracts bill on the 1st (no dues tonight)
+    day = D(2026, 4, 15)  # a fixed sweep day; the contracts first bill in May (no dues tonight)
     who = {
         "C_MEM": [contract("K_MEM", customer_id="C_MEM", plan_id="MEM")],
         "C_PRG": [contract("K_PRG", customer_id="C_PRG", plan_id="PRG")],
@@ -410,7 +410,7 @@ def test_active_contracts_only_includes_membership_program_pass_in_effect():
         "C_TRM": [contract("K_TRM", customer_id="C_TRM", plan_id="MEM", status="terminated")],
         "C_NONE": [],
     }
-    contracts = [k for ks in who.values() for k in ks]
+    contracts = [dict(k, first_bill_date=D(2026, 5, 1)) for ks in who.values() for k in ks]
     out = run_until_billable(
         day, facilities=[facility(sweep_mode="fixed", fixed_sweep_days="15", active_contracts_only=True)],
         plans=PLANS, customers=[customer(c) for c in who], contracts=contracts,
