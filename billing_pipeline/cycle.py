@@ -64,17 +64,45 @@ class Night:
                 .join(settings, on="facility_id"))
 
     @cached_property
+    def customer_keys(self) -> pl.DataFrame:
+        """(customer_id, business_date) of every customer the batch touches: billed at a home
+        facility of the batch, or owning a contract processed in it."""
+        return pl.concat([self.customer_days.select("customer_id", "business_date"),
+                          self.contracts.select("customer_id", "business_date")]).unique()
+
+    @cached_property
+    def customer_contracts(self) -> pl.DataFrame:
+        """Every contract of those customers, at any facility, with its dues and status on D:
+        a duplicate or a missing payment method is the customer's, wherever the contract is."""
+        i = self.inputs
+        contracts = (
+            i.contracts.select("contract_id", "customer_id", "plan_id", "dues_cents")
+            .join(self.customer_keys, on="customer_id")
+            .join(i.plans.select("plan_id", "contract_type", pl.col("dues_cents").alias("plan_dues_cents")),
+                  on="plan_id", how="left")
+            .select("contract_id", "customer_id", "plan_id", "contract_type", "business_date",
+                    pl.coalesce("dues_cents", "plan_dues_cents").alias("amount_cents"))
+        )
+        return contract_status.status_on(self.timeline.lazy(), contracts.lazy(), "business_date").collect()
+
+    @cached_property
     def usable_methods(self) -> pl.DataFrame:
-        return prebilling.usable_payment_methods(self.inputs.payment_methods.lazy(), self.customer_days.lazy()).collect()
+        return prebilling.usable_payment_methods(self.inputs.payment_methods.lazy(), self.customer_keys.lazy()).collect()
 
     @cached_property
     def duplicates(self) -> pl.DataFrame:
-        return prebilling.duplicate_contracts(self.contracts.lazy(), self.inputs.customers.lazy()).collect()
+        """Every duplicate of the batch's customers (their holds), under the home facility."""
+        return prebilling.duplicate_contracts(self.customer_contracts.lazy(), self.inputs.customers.lazy()).collect()
 
     @cached_property
     def without_payment_method(self) -> pl.DataFrame:
         return prebilling.recurring_dues_without_payment_method(
-            self.contracts.lazy(), self.inputs.customers.lazy(), self.usable_methods.lazy()).collect()
+            self.customer_contracts.lazy(), self.inputs.customers.lazy(), self.usable_methods.lazy()).collect()
+
+    def at_home(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """The rows of a customer-level report that belong to the batch's own facility-days."""
+        return frame.join(self.facility_days.select("facility_id", "business_date"),
+                          on=["facility_id", "business_date"], how="semi")
 
 
 def previous_business_dates(conn: duckdb.DuckDBPyConnection, facility_days: pl.DataFrame) -> pl.DataFrame:
@@ -161,7 +189,7 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
         SELECT coalesce(a.customer_id, b.customer_id) AS customer_id, a.last_attempt_date, a.last_outcome,
                greatest(a.last_attempt_date, b.last_billed_date) AS last_billed_date
         FROM attempts a FULL JOIN billed b USING (customer_id)""", _keys=keys)
-    qualifying = (night.contracts.filter(pl.col("status").is_in(contract_status.IN_EFFECT)
+    qualifying = (night.customer_contracts.filter(pl.col("status").is_in(contract_status.IN_EFFECT)
                                          & pl.col("contract_type").is_in(billable_rules.QUALIFYING_TYPES))
                   .select("customer_id", "business_date").unique())
     candidates = billable_rules.billable_customers(customer_days.lazy(), balances(conn, night).lazy(), due.lazy(),
@@ -176,8 +204,8 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
         "billable_customers": held.select(*billable_rules.BILLABLE_COLUMNS, "payment_method_id")
         .sort("facility_id", "customer_id"),
         "sweep_candidates": billable_rules.sweep_candidates(held.lazy()).collect(),
-        "duplicate_contracts": night.duplicates,
-        "recurring_dues_without_payment_method": night.without_payment_method,
+        "duplicate_contracts": night.at_home(night.duplicates),
+        "recurring_dues_without_payment_method": night.at_home(night.without_payment_method),
         "billing_blocks": blocks.select("business_date", "facility_id", "partition_key", "billable_customers",
                                         "flagged_customers", "window_billable", "window_flagged",
                                         "window_flagged_share", "max_share", "blocked"),

@@ -156,7 +156,7 @@ def expected_run_instant(zone: str, day: dt.date) -> dt.datetime:
     return lo + dt.timedelta(minutes=1)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(day=st.dates(min_value=D(2000, 1, 1), max_value=D(2037, 12, 31)),
        zones=st.lists(st.sampled_from(ZONES), min_size=1, max_size=12, unique=True))
 def test_every_facility_day_is_in_exactly_one_window(day, zones):
@@ -187,7 +187,7 @@ def offset_change_days(zone: str, year: int) -> list[dt.date]:
     return out
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(zone=st.sampled_from(ZONES), year=st.integers(min_value=2000, max_value=2037))
 def test_offset_change_days_run_once_at_the_first_instant_on_or_after_0300(zone, year):
     days = offset_change_days(zone, year)

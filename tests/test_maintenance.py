@@ -295,7 +295,7 @@ def replay(base: str, start: dt.date, end: dt.date | None, changes: list[dict],
     return on(state, day), ignored
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(base=st.sampled_from(["pending", "active", "frozen", "terminated", "concluded"]),
        start_offset=st.integers(0, 20), end_offset=st.none() | st.integers(0, 30),
        events=st.lists(st.tuples(st.sampled_from(["freeze", "thaw", "terminate"]), st.integers(0, 30),
