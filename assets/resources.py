@@ -23,6 +23,13 @@ def _load(folder: str, fingerprint: tuple) -> Inputs:
     return load_inputs(folder)
 
 
+@lru_cache(maxsize=1)
+def _night(folder: str, fingerprint: tuple, partition_key: str) -> Night:
+    # The steps of one run share the night's derived frames (status timeline, statuses on D).
+    inputs = _load(folder, fingerprint)
+    return Night(inputs, facility_days_for_partition(inputs.facilities, partition_key))
+
+
 def fingerprint(folder: Path) -> tuple:
     return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in folder.glob("*.*")))
 
@@ -38,8 +45,8 @@ class ExportFolder(dg.ConfigurableResource):
         return _load(str(folder), fingerprint(folder) if folder.is_dir() else ())
 
     def night(self, partition_key: str) -> Night:
-        inputs = self.load()
-        return Night(inputs, facility_days_for_partition(inputs.facilities, partition_key))
+        folder = Path(self.path)
+        return _night(str(folder), fingerprint(folder) if folder.is_dir() else (), partition_key)
 
 
 class WarehouseResource(dg.ConfigurableResource):
