@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -79,7 +80,7 @@ def run_demo(workdir: Path, days: int, contracts: int, echo: Callable[[str], Non
     echo(f"""
 Where to look next:
   * the Dagster UI with these runs, the asset graph and the checks:
-      DAGSTER_HOME={home} dagster dev -w workspace.yaml
+      DAGSTER_HOME={home} {Path(sys.executable).with_name("dagster")} dev -w workspace.yaml
     (from the repository root; then open http://127.0.0.1:3000)
   * the analysts' database: {db}
       duckdb {db} "SELECT kind, count(*), sum(amount_cents) FROM ledger GROUP BY kind"
