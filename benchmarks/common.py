@@ -48,6 +48,8 @@ class ChildResult:
     user_s: float
     sys_s: float
     result: dict[str, Any] | None
+    loadavg_before: tuple[float, float, float]
+    loadavg_after: tuple[float, float, float]
 
 
 def run_child(module: str, args: list[str], result_path: Path, env: dict[str, str] | None = None,
@@ -56,13 +58,15 @@ def run_child(module: str, args: list[str], result_path: Path, env: dict[str, st
     its own rusage (with a wrapper: the largest of the wrapper and the worker)."""
     result_path.unlink(missing_ok=True)
     cmd = [*(wrap or []), sys.executable, "-m", module, *args, "--result", str(result_path)]
+    load_before = os.getloadavg()
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})})
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; keep Popen from waiting again
     result = json.loads(result_path.read_text()) if result_path.exists() else None
-    return ChildResult(proc.returncode, wall, usage.ru_maxrss * 1024, usage.ru_utime, usage.ru_stime, result)
+    return ChildResult(proc.returncode, wall, usage.ru_maxrss * 1024, usage.ru_utime, usage.ru_stime, result,
+                       load_before, os.getloadavg())
 
 
 def write_json(path: Path, payload: Any) -> None:

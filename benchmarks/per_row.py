@@ -13,7 +13,9 @@ every facility, with an empty ledger (a fresh warehouse, as in the cycle benchma
                            reasons (dues_posted, sweeps; no retries on an empty history),
                            active_contracts_only, usable payment method, holds, window blocks
 
-It is a benchmark baseline, not product code: nothing here is used by the pipeline. Rows are read
+It mirrors the rules as of commit 2df6166 (billing windows end the day before a termination or
+conclusion; data errors are reported for contracts alive in the export, in effect on D, or owing
+periods). It is a benchmark baseline, not product code: nothing here is used by the pipeline. Rows are read
 from the parquet files into Python tuples first (`read_s`, timed apart); the three phases above
 are the loops that are timed against the vectorized steps.
 """
@@ -80,7 +82,7 @@ def clamped(month_idx: int, day: int) -> dt.date:
 class Schedule:
     """A contract's bill-date series: anchor + k steps, plus an extra first date (bill_dates.py)."""
 
-    __slots__ = ("anchor", "step_days", "step_months", "anchor_day", "extra_first")
+    __slots__ = ("anchor", "anchor_day", "extra_first", "step_days", "step_months")
 
     def __init__(self, frequency: str, schedule: str, start: dt.date, first_bill: dt.date | None,
                  weekly_day: int, monthly_day: int):
@@ -137,9 +139,7 @@ def timeline(base_status: str, start: dt.date, end: dt.date | None, changes: lis
             before = "pending"
         elif last_freeze_thaw == "freeze":
             before = "frozen"
-        elif last_freeze_thaw == "thaw":
-            before = "active"
-        elif base_status == "pending":
+        elif last_freeze_thaw == "thaw" or base_status == "pending":
             before = "active"
         else:
             before = base_status
@@ -228,7 +228,7 @@ def per_row_night(rows: dict[str, list[tuple]], day: dt.date) -> dict[str, Any]:
     due_contracts: list[tuple] = []
     postings: list[tuple] = []
     errors: list[tuple] = []
-    for (contract_id, customer_id, contract_facility, plan_id, _status, start, end, first_bill, dues_cents), \
+    for (contract_id, customer_id, contract_facility, plan_id, exported_status, start, end, first_bill, dues_cents), \
             facility_id in processed:
         plan = plans.get(plan_id)
         amount = dues_cents if dues_cents is not None else (plan[4] if plan is not None else None)
@@ -253,8 +253,14 @@ def per_row_night(rows: dict[str, list[tuple]], day: dt.date) -> dict[str, Any]:
         if plan is not None:
             f = facilities[facility_id]
             series = Schedule(plan[2], plan[3], start, first_bill, f[2], f[3])
-            hi = series.count_through(day)
-            extra = series.extra_first is not None and series.extra_first <= day
+            # Nothing bills from a termination or conclusion on: the window ends the day before.
+            through = day
+            for valid_from, st in zip(*tl):
+                if st in ("terminated", "concluded"):
+                    through = min(day, valid_from - ONE_DAY)
+                    break
+            hi = series.count_through(through)
+            extra = series.extra_first is not None and series.extra_first <= through
             n_dates = hi + (1 if extra else 0)
             if n_dates > EXPANSION_CAP:
                 too_many = n_dates
@@ -271,7 +277,8 @@ def per_row_night(rows: dict[str, list[tuple]], day: dt.date) -> dict[str, Any]:
                                         freeze_fee))
                 if len(periods) > MAX_MISSED_PERIODS:
                     too_many = len(periods)
-        relevant = today[contract_id] in IN_EFFECT or bool(periods)
+        # Data errors are reported for contracts alive in the export, in effect on D or owing periods.
+        relevant = today[contract_id] in IN_EFFECT or bool(periods) or exported_status in ALIVE
         contract_errors = [(day, facility_id, contract_id, customer_id, code) for code in codes] if relevant else []
         if too_many is not None:
             contract_errors.append((day, facility_id, contract_id, customer_id, "too_many_missed_periods"))

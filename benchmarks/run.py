@@ -12,7 +12,9 @@ tables; sizes whose baseline would take longer than --per-row-max-s are extrapol
 from the largest measured size. Then the charge throughput runs (benchmarks.charges).
 
 Results: <out>/size_<N>.json per size, <out>/charges.json, and <out>/summary.md|json built from
-every result file in <out> (so sizes run by separate invocations appear in one table).
+every result file in <out> (so sizes run by separate invocations appear in one table; the
+diagnostic `benchmarks.dues_stages --result <out>/dues_stages_<N>.json` is included too).
+--per-row-max-gib (8) also limits the baseline: its Python objects grow linearly with the size.
 """
 
 from __future__ import annotations
@@ -28,8 +30,20 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import generate as gen
-from benchmarks.common import (BENCH, BUSINESS_DATE, ROOT, SEED, START, ChildResult, data_dir, facilities_for,
-                               gib, label, run_child, write_json)
+from benchmarks.common import (
+    BENCH,
+    BUSINESS_DATE,
+    ROOT,
+    SEED,
+    START,
+    ChildResult,
+    data_dir,
+    facilities_for,
+    gib,
+    label,
+    run_child,
+    write_json,
+)
 
 TARGET_WALL_S = 30.0
 TARGET_RSS_GIB = 8.0
@@ -49,7 +63,22 @@ def log(msg: str) -> None:
 
 def child_info(child: ChildResult) -> dict[str, Any]:
     return {"returncode": child.returncode, "process_wall_s": child.wall_s, "peak_rss_bytes": child.peak_rss_bytes,
-            "peak_rss_gib": gib(child.peak_rss_bytes), "user_s": child.user_s, "sys_s": child.sys_s}
+            "peak_rss_gib": gib(child.peak_rss_bytes), "user_s": child.user_s, "sys_s": child.sys_s,
+            "loadavg_before": child.loadavg_before, "loadavg_after": child.loadavg_after}
+
+
+def code_version() -> dict[str, Any]:
+    """The package version measured (read-only git queries): commit, and files changed since."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    changed = git("status", "--porcelain", "--", "billing_pipeline")
+    return {"commit": git("rev-parse", "--short", "HEAD"), "package_changes": changed.splitlines()}
 
 
 def ensure_data(size: int, out: Path) -> dict[str, Any]:
@@ -103,6 +132,13 @@ def run_cycle(size: int, db: Path, out: Path, profile: bool) -> dict[str, Any]:
     if child.returncode != 0 or child.result is None:
         raise SystemExit(f"the {size} cycle failed (exit {child.returncode})")
     result = {**child.result, "child": child_info(child)}
+    if profile:
+        # wait4 sees py-spy, not the worker it runs: use the worker's own sampled peak. Profiling
+        # also slows the run down: these timings are not comparable with unprofiled ones.
+        result["child"]["peak_rss_bytes"] = result["sampled_peak_rss_bytes"]
+        result["child"]["peak_rss_gib"] = gib(result["sampled_peak_rss_bytes"])
+        result["child"]["peak_rss_source"] = "in-process sampling every 20 ms (profiled run)"
+        result["profiled"] = True
     result["tables"] = table_counts(db, BUSINESS_DATE)
     steps = ", ".join(f"{name} {result['steps_s'][key]:.2f}" for key, name in STEPS)
     log(f"{label(size)}: run_dates {result['run_dates_s']:.2f} s (process {child.wall_s:.2f} s), "
@@ -162,6 +198,10 @@ def run_charges(out: Path, n: str, in_flight: str) -> dict[str, Any]:
 
 # --- summary -------------------------------------------------------------------------------------
 
+def fmt_ratio(x: float) -> str:
+    return f"{x:.0f}x" if x >= 10 else f"{x:.2g}x"
+
+
 def vectorized_times(cycle: dict[str, Any]) -> tuple[float, float]:
     """(dues + billable steps, the same plus the status frames the maintenance step computes first)."""
     steps, timers = cycle["steps_s"], cycle["timers"]
@@ -181,37 +221,43 @@ def summarize(out: Path) -> tuple[str, dict[str, Any]]:
     summary: dict[str, Any] = {"cycle": [], "per_row": [], "charges": [], "targets": {}}
 
     md += ["### Nightly cycle (run_dates, one business date, every facility, latency 0)", "",
-           "| contracts | facilities | wall (run_dates) | process wall | peak RSS | "
-           + " | ".join(name for _, name in STEPS) + " | other* | measured at |",
-           "|---:|---:|---:|---:|---:|" + "---:|" * len(STEPS) + "---:|---|"]
+           "| contracts | facilities | wall (run_dates) | CPU (run_dates) | process wall | peak RSS | "
+           + " | ".join(name for _, name in STEPS) + " | other* | load avg | measured at (commit) |",
+           "|---:|---:|---:|---:|---:|---:|" + "---:|" * len(STEPS) + "---:|---:|---|"]
     for r in sizes:
         c = r["cycle"]
         other = c["run_dates_s"] - sum(c["steps_s"][k] for k, _ in STEPS)
+        load = c["child"].get("loadavg_before", [None])[0]
         md.append(f"| {label(r['size'])} | {facilities_for(r['size'])} | {c['run_dates_s']:.1f} s | "
+                  f"{c.get('run_dates_cpu_s', float('nan')):.1f} s | "
                   f"{c['child']['process_wall_s']:.1f} s | {c['child']['peak_rss_gib']:.2f} GiB | "
                   + " | ".join(f"{c['steps_s'][k]:.2f} s" for k, _ in STEPS)
-                  + f" | {other:.2f} s | {r['measured_at']} |")
+                  + f" | {other:.2f} s | {f'{load:.1f}' if load is not None else '-'} | {r['measured_at']} "
+                  f"({r.get('code', {}).get('commit', '?')}{'+' if r.get('code', {}).get('package_changes') else ''}) |")
         summary["cycle"].append({"size": r["size"], "run_dates_s": c["run_dates_s"],
                                  "peak_rss_gib": c["child"]["peak_rss_gib"],
                                  "steps_s": {k: c["steps_s"][k] for k, _ in STEPS}, "other_s": other})
-    md += ["", "*other: ledger check, publish (checkpoint + file copy), facility clock, warehouse open.", ""]
+    md += ["", ("*other: ledger check, publish (checkpoint + file copy), facility clock, warehouse open. "
+           "CPU = process CPU time (all threads, 2 cores); load avg = 1-minute load before the run "
+           "(the machine is shared: a load above 2 inflates wall times)."), ""]
 
     if sizes:
         biggest = sizes[-1]
         c = biggest["cycle"]
         md += [f"### Where the time goes at {label(biggest['size'])} (nested timers, >= 2% of the wall time)", "",
-               "| timer | seconds | % of run_dates | calls | peak RSS while running |", "|---|---:|---:|---:|---:|"]
+               "| timer | seconds | CPU s | % of run_dates | calls | peak RSS while running |", "|---|---:|---:|---:|---:|---:|"]
         for path, t in sorted(c["timers"].items(), key=lambda kv: -kv[1]["s"]):
             if t["s"] >= 0.02 * c["run_dates_s"]:
                 rss = f"{gib(t['peak_rss_bytes']):.2f} GiB" if t.get("peak_rss_bytes") else "-"
-                md.append(f"| {path} | {t['s']:.2f} | {100 * t['s'] / c['run_dates_s']:.0f}% | {t['calls']} | {rss} |")
+                md.append(f"| {path} | {t['s']:.2f} | {t.get('cpu_s', float('nan')):.2f} | "
+                          f"{100 * t['s'] / c['run_dates_s']:.0f}% | {t['calls']} | {rss} |")
         md.append("")
 
     rows = [r for r in sizes if r.get("per_row")]
     if rows:
         md += ["### Per-row Python vs vectorized (dues posting + billable selection, one business date)", "",
-               "| contracts | per-row status | per-row dues | per-row billable | per-row total | vectorized dues+billable "
-               "| ratio | vectorized incl. status frames | ratio incl. status | per-row read | sanity (100k diff) |",
+               ("| contracts | per-row status | per-row dues | per-row billable | per-row total | vectorized dues+billable "
+               "| ratio | vectorized incl. status frames | ratio incl. status | per-row read | sanity (100k diff) |"),
                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in rows:
             p, t = r["per_row"], r["per_row"]["timings"]
@@ -226,21 +272,40 @@ def summarize(out: Path) -> tuple[str, dict[str, Any]]:
                           + ("identical" if cmp["identical"] else "DIFFER"))
             md.append(f"| {label(r['size'])}{kind} | {t['status_s']:.1f} s | {t['dues_s']:.1f} s | "
                       f"{t['billable_s']:.1f} s | {t['loops_s']:.1f} s | {asked:.2f} s | "
-                      f"{per_row_asked / asked:.0f}x | {with_status:.2f} s | {t['loops_s'] / with_status:.0f}x | "
+                      f"{fmt_ratio(per_row_asked / asked)} | {with_status:.2f} s | {fmt_ratio(t['loops_s'] / with_status)} | "
                       f"{t['read_s']:.1f} s | {sanity} |")
             summary["per_row"].append({"size": r["size"], "measured": p["measured"], "per_row_s": t,
                                        "vectorized_dues_billable_s": asked,
                                        "vectorized_with_status_s": with_status,
                                        "ratio": per_row_asked / asked, "ratio_with_status": t["loops_s"] / with_status})
-        md += ["", "ratio = per-row (dues + billable loops) / vectorized (dues + billable steps); ratio incl. status = "
+        md += ["", ("ratio = per-row (dues + billable loops) / vectorized (dues + billable steps); ratio incl. status = "
                "per-row (status + dues + billable) / vectorized (dues + billable + the Night's changes / timeline / "
                "contracts frames, first computed in the maintenance step). The vectorized times include their "
-               "DuckDB reads and writes; the per-row loops write nothing.", ""]
+               "DuckDB reads and writes; the per-row loops write nothing."), ""]
+
+    stages = sorted((json.loads(p.read_text()) for p in out.glob("dues_stages_*.json")), key=lambda r: r["size"])
+    if stages:
+        md += [("### Dues rules: fused lazy plans (as cycle.post_dues collects them) vs each stage once "
+               "(benchmarks.dues_stages)"), "",
+               ("| contracts | fused: 3 collects | collect_all | staged total | windows (schedule + counts) | "
+               "status on bill date | in effect today | night.duplicates | peak RSS |"),
+               "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        def cell(t: dict[str, float], key: str) -> str:
+            return f"{t[key]:.2f} s" if key in t else "-"
+
+        for r in stages:
+            t = r["seconds"]
+            md.append(f"| {label(r['size'])} | {cell(t, 'fused total (3 collects)')} | "
+                      f"{cell(t, 'collect_all (3 frames together)')} | {cell(t, 'staged total')} | "
+                      f"{cell(t, 'staged windows (schedule + counts)')} | {cell(t, 'staged status on bill date (asof)')} | "
+                      f"{cell(t, 'staged in effect today (asof)')} | {cell(t, 'night.duplicates')} | "
+                      f"{gib(r['peak_rss_bytes']):.2f} GiB |")
+        md.append("")
 
     if charges:
         md += ["### Charge throughput (SimulatedGateway, run_charges, record = DuckDB batch like cycle.charge)", "",
-               "| requests | max_in_flight | latency | record | limit | charges/s | % of limit | record time "
-               "(batches, max) | CPU per charge |",
+               ("| requests | max_in_flight | latency | record | limit | charges/s | % of limit | record time "
+               "(batches, max) | CPU per charge |"),
                "|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
         for c in charges["runs"]:
             limit = f"{c['limit_per_s']:.0f}/s" if c["limit_per_s"] else "-"
@@ -267,7 +332,7 @@ def summarize(out: Path) -> tuple[str, dict[str, Any]]:
     for p in summary["per_row"]:
         ok = p["ratio"] >= TARGET_RATIO
         md.append(f"| {label(p['size'])}{'' if p['measured'] else ' (extrapolated)'} per-row / vectorized >= "
-                  f"{TARGET_RATIO:.0f}x | {p['ratio']:.0f}x ({p['ratio_with_status']:.0f}x incl. status) | "
+                  f"{TARGET_RATIO:.0f}x | {fmt_ratio(p['ratio'])} ({fmt_ratio(p['ratio_with_status'])} incl. status) | "
                   f"{'yes' if ok else 'NO'} |")
     for c in summary["charges"]:
         if c["pct_of_limit"] is not None and c["record"] == "duckdb":
@@ -285,7 +350,9 @@ def main() -> None:
     parser.add_argument("--skip-charges", action="store_true", help="no charge throughput run")
     parser.add_argument("--out", type=Path, default=BENCH / "results")
     parser.add_argument("--per-row-max-s", type=float, default=300.0,
-                        help="run the per-row baseline only where its estimate is below this; else extrapolate")
+                        help="run the per-row baseline only where its time estimate is below this; else extrapolate")
+    parser.add_argument("--per-row-max-gib", type=float, default=8.0,
+                        help="... and where its memory estimate (Python objects, linear in size) is below this")
     parser.add_argument("--charge-n", default="5000,20000")
     parser.add_argument("--in-flight", default="64,256")
     parser.add_argument("--profile", action="store_true", help="run each cycle under py-spy (raw stacks in --out)")
@@ -299,7 +366,8 @@ def main() -> None:
     for size in sizes:
         record: dict[str, Any] = {"size": size, "facilities": facilities_for(size),
                                   "business_date": BUSINESS_DATE.isoformat(),
-                                  "measured_at": dt.datetime.now().strftime("%Y-%m-%d %H:%M")}
+                                  "measured_at": dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+                                  "code": code_version()}
         record["generate"] = ensure_data(size, out)
         tmp = Path(tempfile.mkdtemp(prefix=f"bench-{size}-"))
         try:
@@ -307,15 +375,21 @@ def main() -> None:
             record["cycle"] = run_cycle(size, db, out, args.profile)
             if not args.skip_baseline:
                 base = best_baseline(out, done, size)
-                estimate = None
+                est_s = est_gib = None
                 if base is not None:
-                    estimate = base["timings"]["loops_s"] * size / base["size"] + base["timings"]["read_s"] * size / base["size"]
-                if size <= 1_000_000 or estimate is None or estimate <= args.per_row_max_s:
+                    scale = size / base["size"]
+                    est_s = (base["timings"]["loops_s"] + base["timings"]["read_s"]) * scale
+                    est_gib = base["child"]["peak_rss_gib"] * scale if base.get("child") else None
+                too_slow = est_s is not None and est_s > args.per_row_max_s
+                too_big = est_gib is not None and est_gib > args.per_row_max_gib
+                if size <= 1_000_000 or not (too_slow or too_big):
                     record["per_row"] = run_per_row(size, db, out)
                 else:
-                    log(f"{label(size)}: per-row baseline estimated at {estimate:.0f} s > {args.per_row_max_s:.0f} s: "
+                    log(f"{label(size)}: per-row baseline estimated at {est_s:.0f} s and {est_gib:.1f} GiB "
+                        f"(limits {args.per_row_max_s:.0f} s, {args.per_row_max_gib:.0f} GiB): "
                         f"extrapolating from {label(base['size'])}")
                     record["per_row"] = extrapolate(size, base)
+                    record["per_row"]["estimated_peak_rss_gib"] = est_gib
             elif (prev := load_previous(out, size)) and prev.get("per_row"):
                 record["per_row"] = prev["per_row"]  # keep the earlier baseline in the summary
                 record["per_row"]["note"] = (record["per_row"].get("note", "") + " (from an earlier run)").strip()
