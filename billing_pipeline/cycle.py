@@ -147,7 +147,7 @@ def status_changes_since_last_day(conn: duckdb.DuckDBPyConnection, statuses: pl.
 # --- dues posting (SPEC 1.2, 1.3) -----------------------------------------------------------
 
 def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> dict[str, pl.DataFrame]:
-    processed = night.contracts.drop("status")
+    processed = night.contracts
     last_posted = ledger.last_posted_periods(conn, processed)
     out = {name: frame.collect() for name, frame in dues.post_dues(
         processed.lazy(), last_posted.lazy(), night.timeline.lazy(), night.duplicates.lazy()).items()}

@@ -45,7 +45,7 @@ def post_days(days: dict[str, dt.date], last_posted: dict[str, dt.date] | None =
     night = Night(i, facility_days)
     last = pl.DataFrame(list((last_posted or {}).items()), orient="row",
                         schema={"contract_id": pl.String, "last_bill_date": pl.Date})
-    out = dues.post_dues(night.contracts.drop("status").lazy(), last.lazy(), night.timeline.lazy(),
+    out = dues.post_dues(night.contracts.lazy(), last.lazy(), night.timeline.lazy(),
                          night.duplicates.lazy())
     result = dict(zip(out, pl.collect_all(list(out.values()))))
     errors = result["dues_posting_errors"]

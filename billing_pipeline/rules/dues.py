@@ -96,14 +96,19 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
     # Nothing bills from a termination or conclusion on: the window ends the day before.
     ends = (timeline.filter(pl.col("status").is_in(["terminated", "concluded"]))
             .group_by("contract_id").agg(pl.col("valid_from").min().alias("ends_on")))
+    schedule_inputs = ["business_date", "facility_id", "contract_id", "customer_id", "frequency", "schedule",
+                       "start_date", "first_bill_date", "weekly_billing_day", "monthly_billing_day",
+                       "amount_cents", "freeze_fee_cents"]
+    # Materialized at each stage: the later ones (explode, status on each bill date, errors)
+    # read them several times, and a lazy plan would recompute them for every reader.
     windows = (
-        processed.join(last_posted, on="contract_id", how="left")
+        processed.select(schedule_inputs).join(last_posted, on="contract_id", how="left")
         .join(ends, on="contract_id", how="left")
         .with_columns(pl.min_horizontal("business_date", pl.col("ends_on") - pl.duration(days=1)).alias("through"))
         .pipe(bill_dates.with_schedule)
         .pipe(bill_dates.with_count_between, "last_bill_date", "through", "n_dates")
         .filter(pl.col("n_dates") > 0)
-    )
+    ).collect().lazy()
     expanded = bill_dates.explode_bill_dates(windows.filter(pl.col("n_dates") <= EXPANSION_CAP),
                                              "last_bill_date", "through")
     with_status = status_on(timeline, expanded, "bill_date")
@@ -115,7 +120,8 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
         .filter(pl.col("kind").is_not_null())
         .with_columns(pl.when(pl.col("kind") == "dues").then(pl.col("amount_cents"))
                       .otherwise(pl.col("freeze_fee_cents")).alias("amount_cents"))
-    )
+        .select(DUE_COLUMNS)
+    ).collect().lazy()
     counts = periods.group_by("contract_id").agg(
         pl.len().cast(pl.Int64).alias("n_periods"), pl.col("bill_date").min().alias("first"), pl.col("bill_date").max().alias("last"))
     overflow = windows.filter(pl.col("n_dates") > EXPANSION_CAP).select(
@@ -129,23 +135,26 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
                 pl.format("{} unposted periods through {} (more than {}): set first_bill_date or post them manually",
                           "n_periods", "last", pl.lit(MAX_MISSED_PERIODS)).alias("message"))
     )
-    return periods.select(DUE_COLUMNS), too_many
+    return periods, too_many
 
 
 def post_dues(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl.LazyFrame,
               duplicate_customers: pl.LazyFrame) -> dict[str, pl.LazyFrame]:
-    """due_contracts (before holds), dues_postings and dues_posting_errors for the facility-days."""
-    errors = data_errors(processed, duplicate_customers)
+    """due_contracts (before holds), dues_postings and dues_posting_errors for the facility-days.
+
+    `processed` carries `status`, the contract's status on the business date.
+    """
+    errors = data_errors(processed, duplicate_customers).collect().lazy()
     schedulable = processed.filter(pl.col("plan_known"))
     periods, too_many = due_periods(schedulable, last_posted, timeline)
-    in_effect_today = status_on(timeline, processed.select("contract_id", "business_date"), "business_date").filter(
-        pl.col("status").is_in(IN_EFFECT)).select("contract_id")
+    in_effect_today = processed.filter(pl.col("status").is_in(IN_EFFECT)).select("contract_id")
     has_periods = periods.select("contract_id").unique()
     alive = processed.filter(pl.col("exported_status").is_in(ALIVE)).select("contract_id")
     # Data errors are reported for contracts that matter tonight: alive in the export, in effect,
     # or owing periods; a contract that ended long ago is not reported every night.
     relevant = pl.concat([in_effect_today, has_periods, alive]).unique()
-    errors = pl.concat([errors.join(relevant, on="contract_id", how="semi"), too_many], how="vertical")
+    errors = pl.concat([errors.join(relevant, on="contract_id", how="semi"), too_many],
+                       how="vertical").collect().lazy()
     blocking_codes = errors.filter(pl.col("error_code") != "duplicate_contract").select("contract_id").unique()
     due = periods.join(blocking_codes, on="contract_id", how="anti")
     postings = due.join(errors.select("contract_id").unique(), on="contract_id", how="anti")

@@ -8,6 +8,8 @@ never posts twice. `customer_balances` moves in the same transaction; the ledger
 
 from __future__ import annotations
 
+import warnings
+
 import duckdb
 import polars as pl
 
@@ -50,20 +52,25 @@ def post_entries(conn: duckdb.DuckDBPyConnection, entries: pl.DataFrame) -> int:
     transaction). Returns how many were new."""
     if entries.height == 0:
         return 0
-    fresh = query(conn, "SELECT e.* FROM _entries e ANTI JOIN ledger l USING (entry_id)",
-                  _entries=entries.select(LEDGER_COLUMNS).unique("entry_id", keep="first", maintain_order=True))
+    # The primary key finds entries already posted (an index lookup per entry, not a scan of
+    # the ledger); only the entries really inserted move balances.
+    register(conn, "_entries", entries.select(LEDGER_COLUMNS).unique("entry_id", keep="first", maintain_order=True))
+    columns = ", ".join(LEDGER_COLUMNS)
+    with warnings.catch_warnings():  # RETURNING rows come through the DB-API: one copy, expected
+        warnings.simplefilter("ignore", UserWarning)
+        inserted = conn.execute(f"""
+            INSERT INTO ledger ({columns}, posted_at) SELECT {columns}, now() FROM _entries
+            ON CONFLICT DO NOTHING RETURNING customer_id, amount_cents""").to_arrow_table()
+    conn.unregister("_entries")
+    fresh = pl.from_arrow(inserted)
     if fresh.height == 0:
         return 0
     moves = fresh.group_by("customer_id").agg(pl.col("amount_cents").sum().alias("delta"), pl.len().alias("n"))
-    register(conn, "_fresh", fresh)
     register(conn, "_moves", moves)
-    columns = ", ".join(LEDGER_COLUMNS)
-    conn.execute(f"INSERT INTO ledger ({columns}, posted_at) SELECT {columns}, now() FROM _fresh")
     conn.execute("""
         INSERT INTO customer_balances SELECT customer_id, delta, n FROM _moves
         ON CONFLICT (customer_id) DO UPDATE
         SET balance_cents = balance_cents + excluded.balance_cents, entries = entries + excluded.entries""")
-    conn.unregister("_fresh")
     conn.unregister("_moves")
     return fresh.height
 
