@@ -82,8 +82,14 @@ class Night:
                   on="plan_id", how="left")
             .select("contract_id", "customer_id", "plan_id", "contract_type", "business_date",
                     pl.coalesce("dues_cents", "plan_dues_cents").alias("amount_cents"))
+            # Most are the batch's own contracts, whose status on D is known already.
+            .join(self.contracts.select("contract_id", "business_date", "status"),
+                  on=["contract_id", "business_date"], how="left")
         )
-        return contract_status.status_on(self.timeline.lazy(), contracts.lazy(), "business_date").collect()
+        known = contracts.filter(pl.col("status").is_not_null())
+        others = contract_status.status_on(self.timeline.lazy(), contracts.filter(pl.col("status").is_null())
+                                           .drop("status").lazy(), "business_date").collect()
+        return pl.concat([known, others.select(known.columns)])
 
     @cached_property
     def usable_methods(self) -> pl.DataFrame:

@@ -37,24 +37,25 @@ class SimulatedGateway:
     async def charge(self, request: ChargeRequest) -> ChargeResult:
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        seen = self._db.execute(
-            "SELECT amount_cents, payment_method_id, outcome, decline_code, reference FROM charges "
-            "WHERE idempotency_key = ?", (request.idempotency_key,)).fetchone()
-        if seen is not None:
-            if (seen[0], seen[1]) != (request.amount_cents, request.payment_method_id):
-                raise IdempotencyConflict(f"key {request.idempotency_key} was used for another request")
-            self._db.execute("UPDATE charges SET times_requested = times_requested + 1 WHERE idempotency_key = ?",
-                             (request.idempotency_key,))
-            return ChargeResult(seen[2], seen[3], seen[4])
         if request.token.startswith("error_"):
             raise GatewayError(f"gateway error for token {request.token}")
         result = self._decide(request)
-        self._db.execute(
+        inserted = self._db.execute(
             "INSERT INTO charges (idempotency_key, customer_id, payment_method_id, amount_cents, outcome, "
-            "decline_code, reference) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "decline_code, reference) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
             (request.idempotency_key, request.customer_id, request.payment_method_id, request.amount_cents,
-             result.outcome, result.decline_code, result.reference))
-        return result
+             result.outcome, result.decline_code, result.reference)).rowcount
+        if inserted:
+            return result
+        # The key was seen before: answer what was answered then, and charge nothing.
+        seen = self._db.execute(
+            "SELECT amount_cents, payment_method_id, outcome, decline_code, reference FROM charges "
+            "WHERE idempotency_key = ?", (request.idempotency_key,)).fetchone()
+        if (seen[0], seen[1]) != (request.amount_cents, request.payment_method_id):
+            raise IdempotencyConflict(f"key {request.idempotency_key} was used for another request")
+        self._db.execute("UPDATE charges SET times_requested = times_requested + 1 WHERE idempotency_key = ?",
+                         (request.idempotency_key,))
+        return ChargeResult(seen[2], seen[3], seen[4])
 
     def _decide(self, request: ChargeRequest) -> ChargeResult:
         reference = "sim_" + hashlib.sha256(request.idempotency_key.encode()).hexdigest()[:16]

@@ -16,15 +16,14 @@ def usable_payment_methods(payment_methods: pl.LazyFrame, customer_days: pl.Lazy
 
     With several defaults (a data slip), the highest payment_method_id is taken, deterministically.
     """
-    defaults = payment_methods.filter(pl.col("is_default"))
-    return (
-        customer_days.select("customer_id", "business_date")
-        .join(defaults, on="customer_id", how="inner")
-        .filter(~pl.col("removed") & (pl.col("expires_on").is_null() | (pl.col("business_date") <= pl.col("expires_on"))))
-        .sort("payment_method_id")
-        .group_by("customer_id", "business_date").agg(pl.all().last())
-        .select("customer_id", "business_date", "payment_method_id", pl.col("kind").alias("payment_kind"), "token")
+    usable = (
+        payment_methods.filter(pl.col("is_default") & ~pl.col("removed"))
+        .join(customer_days.select("customer_id", "business_date"), on="customer_id", how="inner")
+        .filter(pl.col("expires_on").is_null() | (pl.col("business_date") <= pl.col("expires_on")))
     )
+    chosen = usable.group_by("customer_id", "business_date").agg(pl.col("payment_method_id").max())
+    return usable.join(chosen, on=["customer_id", "business_date", "payment_method_id"], how="semi").select(
+        "customer_id", "business_date", "payment_method_id", pl.col("kind").alias("payment_kind"), "token")
 
 
 def duplicate_contracts(statuses: pl.LazyFrame, customers: pl.LazyFrame) -> pl.LazyFrame:
@@ -33,11 +32,13 @@ def duplicate_contracts(statuses: pl.LazyFrame, customers: pl.LazyFrame) -> pl.L
     `statuses`: business_date, contract_id, customer_id, plan_id, status (contracts of the days).
     Reported under the customer's home facility.
     """
+    keys = ["business_date", "customer_id", "plan_id"]
+    in_effect = statuses.filter(pl.col("status").is_in(IN_EFFECT)).select(*keys, "contract_id")
+    # Lists are built only for the few groups that have two or more contracts.
+    doubled = in_effect.group_by(keys).len().filter(pl.col("len") >= 2).drop("len")
     return (
-        statuses.filter(pl.col("status").is_in(IN_EFFECT))
-        .group_by("business_date", "customer_id", "plan_id")
-        .agg(pl.col("contract_id").sort().alias("contract_ids"))
-        .filter(pl.col("contract_ids").list.len() >= 2)
+        in_effect.join(doubled, on=keys, how="semi")
+        .group_by(keys).agg(pl.col("contract_id").sort().alias("contract_ids"))
         .join(customers.select("customer_id", "facility_id"), on="customer_id", how="inner")
         .select("business_date", "facility_id", "customer_id", "plan_id", "contract_ids")
         .sort("facility_id", "customer_id", "plan_id")
