@@ -75,21 +75,22 @@ class Night:
         """Every contract of those customers, at any facility, with its dues and status on D:
         a duplicate or a missing payment method is the customer's, wherever the contract is."""
         i = self.inputs
-        contracts = (
-            i.contracts.select("contract_id", "customer_id", "plan_id", "dues_cents")
+        columns = ["contract_id", "customer_id", "plan_id", "contract_type", "business_date", "amount_cents", "status"]
+        own = self.contracts.select(columns)
+        # Contracts processed elsewhere (another facility's window) but owned by these customers.
+        elsewhere = (
+            i.contracts.filter(
+                ~pl.col("facility_id").is_in(self.facility_days.get_column("facility_id").implode())
+                # a contract of an unknown facility is processed at its customer's home: it is "own"
+                & pl.col("facility_id").is_in(i.facilities.get_column("facility_id").implode()))
+            .select("contract_id", "customer_id", "plan_id", "dues_cents")
             .join(self.customer_keys, on="customer_id")
             .join(i.plans.select("plan_id", "contract_type", pl.col("dues_cents").alias("plan_dues_cents")),
                   on="plan_id", how="left")
-            .select("contract_id", "customer_id", "plan_id", "contract_type", "business_date",
-                    pl.coalesce("dues_cents", "plan_dues_cents").alias("amount_cents"))
-            # Most are the batch's own contracts, whose status on D is known already.
-            .join(self.contracts.select("contract_id", "business_date", "status"),
-                  on=["contract_id", "business_date"], how="left")
+            .with_columns(pl.coalesce("dues_cents", "plan_dues_cents").alias("amount_cents"))
         )
-        known = contracts.filter(pl.col("status").is_not_null())
-        others = contract_status.status_on(self.timeline.lazy(), contracts.filter(pl.col("status").is_null())
-                                           .drop("status").lazy(), "business_date").collect()
-        return pl.concat([known, others.select(known.columns)])
+        elsewhere = contract_status.status_on(self.timeline.lazy(), elsewhere.lazy(), "business_date").collect()
+        return pl.concat([own, elsewhere.select(columns)])
 
     @cached_property
     def usable_methods(self) -> pl.DataFrame:

@@ -22,12 +22,20 @@ def month_index(date: pl.Expr) -> pl.Expr:
     return date.dt.year().cast(pl.Int64) * 12 + date.dt.month().cast(pl.Int64) - 1
 
 
+def days_in_month(year: pl.Expr, month: pl.Expr) -> pl.Expr:
+    """Integer arithmetic only (no date construction): 28 + (m + m // 8) % 2 + 2 % m + 2 * (1 // m),
+    plus one for February of a leap year."""
+    base = 28 + (month + month // 8) % 2 + 2 % month + 2 * (1 // month)
+    leap = ((year % 4 == 0) & (year % 100 != 0)) | (year % 400 == 0)
+    return base + ((month == 2) & leap).cast(pl.Int64)
+
+
 def clamped_date(month_idx: pl.Expr, day: pl.Expr) -> pl.Expr:
     """The date in month `month_idx` on `day`, or the month's last day if the month is shorter."""
-    year = month_idx.floordiv(12).cast(pl.Int32)
-    month = (month_idx.mod(12) + 1).cast(pl.Int8)
-    last_day = pl.date(year, month, 1).dt.month_end().dt.day()
-    return pl.date(year, month, pl.min_horizontal(day.cast(pl.Int8), last_day))
+    year = month_idx.floordiv(12)
+    month = month_idx.mod(12) + 1
+    day = pl.min_horizontal(day.cast(pl.Int64), days_in_month(year, month))
+    return pl.date(year.cast(pl.Int32), month.cast(pl.Int8), day.cast(pl.Int8))
 
 
 def first_facility_day_on_or_after(date: pl.Expr, frequency: pl.Expr, weekly_day: pl.Expr,
