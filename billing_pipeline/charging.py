@@ -21,7 +21,7 @@ class ChargeSettings:
     max_in_flight: int = 64
     attempts: int = 3
     backoff_s: float = 0.05
-    flush_every: int = 2000
+    flush_every: int = 5000
 
 
 @dataclass(frozen=True)
