@@ -122,8 +122,29 @@ def previous_business_dates(conn: duckdb.DuckDBPyConnection, facility_days: pl.D
 
 # --- maintenance (SPEC 1.1) ---------------------------------------------------------------
 
+class SupersededDay(ValueError):
+    """A facility-day never run whose facility already ran a later day: that later day caught it
+    up (its dues posted, its customers billed). Running it now would bill them again."""
+
+
+def refuse_superseded_days(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame) -> None:
+    late = query(conn, """
+        SELECT d.facility_id, d.business_date, min(p.business_date) AS later_day
+        FROM _days d JOIN processed_days p ON p.facility_id = d.facility_id AND p.business_date > d.business_date
+        WHERE NOT EXISTS (SELECT 1 FROM processed_days q
+                          WHERE q.facility_id = d.facility_id AND q.business_date = d.business_date)
+        GROUP BY ALL ORDER BY ALL""", _days=days.select("facility_id", "business_date"))
+    if late.height:
+        first = late.row(0, named=True)
+        raise SupersededDay(
+            f"{late.height} facility-days were never run and a later day already caught them up "
+            f"(e.g. {first['facility_id']} {first['business_date']}, caught up by {first['later_day']}): "
+            "nothing written; rerun the later day instead")
+
+
 def maintenance(conn: duckdb.DuckDBPyConnection, night: Night) -> dict[str, pl.DataFrame]:
     days = night.facility_days
+    refuse_superseded_days(conn, days)
     statuses = night.contracts.select("business_date", "facility_id", "contract_id", "customer_id", "status")
     days_with_previous = days.join(previous_business_dates(conn, days), on=["facility_id", "business_date"])
     changes = night.changes.join(night.inputs.contracts.select("contract_id", "facility_id"), on="contract_id")

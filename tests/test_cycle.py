@@ -197,3 +197,24 @@ def conn_errors(db: Path) -> list[str]:
     with duckdb.connect(str(db), read_only=True) as conn:
         return [k for (k,) in conn.sql("SELECT idempotency_key FROM billing_attempts WHERE outcome = 'error'")
                 .fetchall()]
+
+
+def test_a_skipped_day_run_after_a_later_day_is_refused_and_charges_no_one_twice(tmp_path):
+    """Day 2 is skipped, day 3 catches it up and bills; running day 2 afterwards would bill again."""
+    data = write_export(tmp_path / "data", contracts=[contract("K1", start_date=D(2026, 3, 2))])
+    db = tmp_path / "billing.duckdb"
+    run(data, db, D(2026, 3, 1), D(2026, 3, 1))
+    run(data, db, D(2026, 3, 3), D(2026, 3, 3))
+    before = snapshot(db)
+    from click.testing import CliRunner
+
+    from billing_pipeline.cli import main
+
+    result = CliRunner().invoke(main, ["run", "--data", str(data), "--db", str(db), "--date", "2026-03-02"])
+    assert result.exit_code == 2
+    assert "F1 2026-03-02, caught up by 2026-03-03" in result.output
+    after = snapshot(db)
+    assert all(before[name].equals(after[name]) for name in before)
+    # Rerunning a day that did run stays allowed and changes nothing.
+    run(data, db, D(2026, 3, 1), D(2026, 3, 1))
+    assert snapshot(db)["ledger"].equals(before["ledger"])
