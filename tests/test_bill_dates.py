@@ -10,6 +10,7 @@ import calendar
 import datetime as dt
 
 import polars as pl
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -355,3 +356,19 @@ def test_schedule_respects_the_facility_day_or_the_rolling_anchor(cases):
         if weekly:
             step = 7 if spec["frequency"] == "weekly" else 14
             assert all((b - a).days == step for a, b in zip(regular, regular[1:])), spec
+
+
+@pytest.mark.parametrize("frequency, first, expected", [
+    ("yearly", D(2026, 3, 15), [D(2026, 3, 15), D(2027, 3, 1)]),
+    ("quarterly", D(2026, 3, 15), [D(2026, 3, 15), D(2026, 6, 1), D(2026, 9, 1), D(2026, 12, 1), D(2027, 3, 1)]),
+    ("biweekly", D(2026, 3, 4), [D(2026, 3, 4), D(2026, 3, 16), D(2026, 3, 30), D(2026, 4, 13)]),
+])
+def test_facility_schedule_steps_count_from_an_off_day_first_bill_date(frequency, first, expected):
+    """A yearly plan first billed Mar 15 must not bill again on the facility's Apr 1 (SPEC 1.2:
+    biweekly, quarterly and yearly count their steps from the first bill date)."""
+    frame = pl.DataFrame({"frequency": [frequency], "schedule": ["facility"], "start_date": [D(2026, 1, 1)],
+                          "first_bill_date": [first], "weekly_billing_day": [1], "monthly_billing_day": [1],
+                          "after": [None], "through": [expected[-1]]}, schema_overrides={"after": pl.Date})
+    counted = frame.lazy().pipe(bill_dates.with_schedule).pipe(bill_dates.with_count_between, "after", "through", "n")
+    dates = bill_dates.explode_bill_dates(counted, "after", "through").collect().get_column("bill_date").sort()
+    assert dates.to_list() == expected

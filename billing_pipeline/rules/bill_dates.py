@@ -48,6 +48,12 @@ def first_facility_day_on_or_after(date: pl.Expr, frequency: pl.Expr, weekly_day
     return pl.when(frequency.is_in(list(STEP_DAYS))).then(weekly).otherwise(monthly)
 
 
+# With a first_bill_date off the facility's day, the series starts one step after it, snapped to
+# the facility's next billing day: shift = step - one base period (7 days or 1 month).
+SHIFT_DAYS = {"weekly": 0, "biweekly": 7}
+SHIFT_MONTHS = {"monthly": 0, "quarterly": 2, "yearly": 11}
+
+
 def with_schedule(frame: pl.LazyFrame) -> pl.LazyFrame:
     """Adds the series columns to contract + plan + facility rows.
 
@@ -56,18 +62,30 @@ def with_schedule(frame: pl.LazyFrame) -> pl.LazyFrame:
     """
     freq, fbd = pl.col("frequency"), pl.col("first_bill_date")
     rolling = pl.col("schedule") == "contract"
-    staged = frame.with_columns(pl.coalesce(fbd, pl.col("start_date")).alias("_from")).with_columns(
-        first_facility_day_on_or_after(pl.col("_from"), freq, pl.col("weekly_billing_day"),
-                                       pl.col("monthly_billing_day")).alias("_facility_anchor"))
+    facility_day = lambda date: first_facility_day_on_or_after(  # noqa: E731
+        date, freq, pl.col("weekly_billing_day"), pl.col("monthly_billing_day"))
+    shifted = pl.when(freq.is_in(list(SHIFT_DAYS))).then(
+        fbd + pl.duration(days=freq.replace_strict(SHIFT_DAYS, default=0, return_dtype=pl.Int64))
+    ).otherwise(clamped_date(month_index(fbd) + freq.replace_strict(SHIFT_MONTHS, default=0, return_dtype=pl.Int64),
+                             fbd.dt.day().cast(pl.Int64)))
+    # Staged columns keep each expression small: Polars plans a nested tree slowly.
+    staged = (
+        frame.with_columns(pl.coalesce(fbd, pl.col("start_date")).alias("_from"), shifted.alias("_shifted"))
+        .with_columns(facility_day(pl.col("_from")).alias("_facility_anchor"),
+                      facility_day(pl.col("_shifted")).alias("_shifted_anchor"))
+        # first_bill_date off the facility day: it bills once, then the series one step later.
+        .with_columns((~rolling & fbd.is_not_null() & (pl.col("_facility_anchor") != fbd)).alias("_off_day"))
+    )
     return staged.with_columns(
-        pl.when(rolling).then(pl.col("_from")).otherwise(pl.col("_facility_anchor")).alias("anchor"),
+        pl.when(rolling).then(pl.col("_from"))
+        .when(pl.col("_off_day")).then(pl.col("_shifted_anchor"))
+        .otherwise(pl.col("_facility_anchor")).alias("anchor"),
         freq.replace_strict(STEP_DAYS, default=None, return_dtype=pl.Int64).alias("step_days"),
         freq.replace_strict(STEP_MONTHS, default=None, return_dtype=pl.Int64).alias("step_months"),
         pl.when(rolling).then(pl.col("_from").dt.day().cast(pl.Int64))
         .otherwise(pl.col("monthly_billing_day")).alias("anchor_day"),
-        pl.when(~rolling & fbd.is_not_null() & (fbd < pl.col("_facility_anchor"))).then(fbd)
-        .otherwise(None).alias("extra_first"),
-    ).drop("_from", "_facility_anchor")
+        pl.when(pl.col("_off_day")).then(fbd).otherwise(None).alias("extra_first"),
+    ).drop("_from", "_shifted", "_facility_anchor", "_shifted_anchor", "_off_day")
 
 
 def nth_bill_date(k: pl.Expr) -> pl.Expr:
