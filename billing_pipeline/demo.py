@@ -67,10 +67,16 @@ def run_demo(workdir: Path, days: int, contracts: int, echo: Callable[[str], Non
     for row in windows.iter_rows(named=True):
         result = job.execute_in_process(partition_key=row["partition_key"], instance=instance, raise_on_error=False,
                                         run_config=QUIET)
-        failed_checks = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
-        status = "ok" if result.success and not failed_checks else f"BLOCKED ({', '.join(failed_checks)})"
-        if failed_checks:
+        failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
+        errors = [e.check_name for e in failed if e.severity == dg.AssetCheckSeverity.ERROR]
+        warned = [e.check_name for e in failed if e.severity != dg.AssetCheckSeverity.ERROR]
+        if errors:
             blocked.append(row["partition_key"])
+            status = f"BLOCKED by {', '.join(errors)}: dues posted, no one charged"
+        elif not result.success:
+            status = "FAILED (see the run in the Dagster UI)"
+        else:
+            status = "ok" + (f" (held: {', '.join(warned)})" if warned else "")
         echo(f"  window {row['partition_key']} UTC: {row['facility_days']} facility-days ... {status}")
     echo(f"done in {time.perf_counter() - started:.0f} s\n")
     with duckdb.connect(str(db), read_only=True) as conn:

@@ -1,8 +1,9 @@
 """Pre-billing checks, evaluated in the billable-customers step, before billing materializes.
 
-Both checks always list what they flagged (those customers are held either way). They fail,
-and being blocking stop the billing step of the partition, only when the flagged customers
-exceed the configured share of the customers who would be billed (SPEC 1.6).
+Both checks list what they flagged (those customers are held either way) and warn. A check
+that flagged anyone fails with ERROR, and being blocking stops the billing step of the
+partition, only when the flagged customers exceed the configured share of the customers who
+would be billed in the window (SPEC 1.6).
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ def check_results(out: dict[str, pl.DataFrame], listed: int = 50) -> list[dg.Ass
     results = []
     for name, frame in ((DUPLICATE_CONTRACTS_CHECK, out["duplicate_contracts"]),
                         (PAYMENT_METHOD_CHECK, out["recurring_dues_without_payment_method"])):
+        # Each check answers for its own flags: none, it passes; some, a warning (they are held);
+        # some while the window's share is over the limit, an error that blocks billing.
+        severity = dg.AssetCheckSeverity.ERROR if blocked.height else dg.AssetCheckSeverity.WARN
         results.append(dg.AssetCheckResult(
-            check_name=name, asset_key=BILLABLE_CUSTOMERS, passed=blocked.height == 0,
-            severity=dg.AssetCheckSeverity.ERROR,
+            check_name=name, asset_key=BILLABLE_CUSTOMERS, passed=frame.height == 0, severity=severity,
             metadata={**common, "flagged_rows": frame.height,
                       "flagged_customers": frame.get_column("customer_id").n_unique() if frame.height else 0,
                       "flagged": dg.MetadataValue.md(markdown_table(

@@ -218,3 +218,26 @@ def test_a_skipped_day_run_after_a_later_day_is_refused_and_charges_no_one_twice
     # Rerunning a day that did run stays allowed and changes nothing.
     run(data, db, D(2026, 3, 1), D(2026, 3, 1))
     assert snapshot(db)["ledger"].equals(before["ledger"])
+
+
+def test_ledger_check_compares_the_ledger_with_what_happened(tmp_path):
+    """A payment posted twice under another key, or a posting that never reached the ledger,
+    is found even though customer_balances moved with the ledger."""
+    from billing_pipeline.warehouse.ledger import ledger_problems, post_entries
+
+    data = write_export(tmp_path / "data")
+    db = tmp_path / "billing.duckdb"
+    run(data, db, D(2026, 1, 1), D(2026, 1, 1))
+    writer = duckdb.connect(str(db.with_name("billing.writer.duckdb")))
+    assert not any(f.height for f in ledger_problems(writer).values())
+    payment = writer.sql("SELECT * EXCLUDE (posted_at) FROM ledger WHERE kind = 'billing_payment'").pl()
+    post_entries(writer, payment.with_columns(pl.lit("payment|forged").alias("entry_id"),
+                                              pl.lit("forged").alias("idempotency_key")))
+    writer.execute("INSERT INTO dues_postings SELECT business_date, facility_id, contract_id, customer_id, "
+                   "DATE '2026-02-01', kind, amount_cents, 'period|K1|2026-02-01' FROM dues_postings")
+    problems = {name: frame.height for name, frame in ledger_problems(writer).items()}
+    writer.close()
+    assert problems["payments_not_matching_approved_charges"] == 1
+    assert problems["customers_paid_twice_a_day"] == 1
+    assert problems["postings_missing_from_ledger"] == 1
+    assert problems["balance_mismatches"] == 0  # the balances moved with the forged entry: not enough alone

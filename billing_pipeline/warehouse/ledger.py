@@ -114,4 +114,21 @@ def ledger_problems(conn: duckdb.DuckDBPyConnection) -> dict[str, pl.DataFrame]:
             WHERE kind IN ('billing_payment', 'surcharge') GROUP BY ALL HAVING count(*) > 1 ORDER BY 1 LIMIT 100"""),
         "duplicate_entry_ids": query(conn, """
             SELECT entry_id, count(*) AS n FROM ledger GROUP BY ALL HAVING count(*) > 1 ORDER BY 1 LIMIT 100"""),
+        # The ledger against what the other tables say happened: it is not only checked against
+        # the code that wrote it.
+        "payments_not_matching_approved_charges": query(conn, """
+            SELECT coalesce(a.idempotency_key, l.idempotency_key) AS idempotency_key,
+                   -(a.amount_cents + a.surcharge_cents) AS charged, l.amount_cents AS posted
+            FROM (SELECT * FROM billing_attempts WHERE outcome = 'approved') a
+            FULL JOIN (SELECT * FROM ledger WHERE kind = 'billing_payment') l USING (idempotency_key)
+            WHERE l.amount_cents IS DISTINCT FROM -(a.amount_cents + a.surcharge_cents)
+            ORDER BY 1 LIMIT 100"""),
+        "customers_paid_twice_a_day": query(conn, """
+            SELECT customer_id, business_date, count(*) AS n FROM ledger WHERE kind = 'billing_payment'
+            GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL LIMIT 100"""),
+        "postings_missing_from_ledger": query(conn, """
+            SELECT p.entry_id FROM dues_postings p ANTI JOIN ledger l USING (entry_id) ORDER BY 1 LIMIT 100"""),
+        "periods_posted_on_two_days": query(conn, """
+            SELECT contract_id, bill_date, count(DISTINCT business_date) AS days FROM dues_postings
+            GROUP BY ALL HAVING count(DISTINCT business_date) > 1 ORDER BY ALL LIMIT 100"""),
     }
