@@ -281,7 +281,7 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
     requests = [ChargeRequest(r["idempotency_key"], r["customer_id"], r["payment_method_id"], r["token"],
                               r["amount_cents"] + r["surcharge_cents"]) for r in pending.iter_rows(named=True)]
     by_key = pending.select("idempotency_key", "business_date", "facility_id", "customer_id", "payment_method_id",
-                            "amount_cents", "surcharge_cents")
+                            "amount_cents", "surcharge_cents", "surcharge_product_id")
 
     def record(outcomes: list[Outcome]) -> None:
         rows = pl.DataFrame([o.__dict__ for o in outcomes], schema={
@@ -289,7 +289,7 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
             "tries": pl.Int32, "message": pl.String, "completed_at": pl.Datetime("us", "UTC")})
         attempts = by_key.join(rows, on="idempotency_key").rename({"reference": "gateway_reference"})
         with transaction(conn):
-            insert(conn, "billing_attempts", attempts)
+            insert(conn, "billing_attempts", attempts.drop("surcharge_product_id"))
             ledger.post_entries(conn, ledger.billing_entries(attempts.filter(pl.col("outcome") == "approved")))
 
     sent = run_charges(requests, gateway, settings.charging, record)

@@ -110,11 +110,11 @@ def test_surcharge_posted_only_when_approved(tmp_path):
     db = tmp_path / "billing.duckdb"
     run(data, db, D(2026, 1, 1), D(2026, 1, 1))
     with duckdb.connect(str(db), read_only=True) as conn:
-        ledger = conn.sql("SELECT customer_id, kind, amount_cents FROM ledger ORDER BY 1, 2").fetchall()
+        ledger = conn.sql("SELECT customer_id, kind, amount_cents, product_id FROM ledger ORDER BY 1, 2").fetchall()
         balances = dict(conn.sql("SELECT customer_id, balance_cents FROM customer_balances").fetchall())
     # 2.5 % of 1010 = 25.25 -> 25; the payment is balance + surcharge, leaving nothing due.
-    assert ("C1", "surcharge", 25) in ledger and ("C1", "billing_payment", -1035) in ledger
-    assert not any(c == "C2" and k in ("surcharge", "billing_payment") for c, k, _ in ledger)
+    assert ("C1", "surcharge", 25, "SUR") in ledger and ("C1", "billing_payment", -1035, None) in ledger
+    assert not any(c == "C2" and k in ("surcharge", "billing_payment") for c, k, _, _ in ledger)
     assert balances == {"C1": 0, "C2": 1010}
 
 

@@ -110,3 +110,14 @@ def test_csv_and_parquet_load_identically(tmp_path):
     b = load_inputs(write_export(tmp_path / "c", fmt="csv", **rows))
     for name in ("customers", "contracts", "facilities", "payment_methods"):
         assert getattr(a, name).equals(getattr(b, name)), name
+
+
+def test_fractional_cents_in_parquet_are_rejected_not_truncated(tmp_path):
+    data = write_export(tmp_path / "data")
+    plans = pl.read_parquet(data / "plans.parquet").with_columns(pl.lit(5000.7).alias("dues_cents"))
+    plans.write_parquet(data / "plans.parquet")
+    with pytest.raises(InputError) as err:
+        load_inputs(data)
+    assert str(err.value).startswith("plans.parquet, column 'dues_cents', row plan_id=MONTHLY: 5000.7 is not a whole number")
+    plans.with_columns(pl.lit(5000.0).alias("dues_cents")).write_parquet(data / "plans.parquet")
+    assert load_inputs(data).plans.get_column("dues_cents").to_list() == [5000]

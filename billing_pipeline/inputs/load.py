@@ -98,8 +98,10 @@ def parse_expr(name: str, source: pl.DataType, target: pl.DataType) -> pl.Expr:
     if source == target:
         return col
     if source != pl.String:
-        if target == pl.Date and isinstance(source, pl.Datetime):
-            return col.dt.date()
+        if target == pl.Date and isinstance(source, pl.Datetime):  # a date, not a moment in a day
+            return pl.when(col.dt.truncate("1d") == col).then(col.dt.date()).otherwise(None)
+        if target == pl.Int64 and source.is_float():  # whole cents only, never truncated
+            return pl.when(col == col.floor()).then(col.cast(pl.Int64, strict=False)).otherwise(None)
         return col.cast(target, strict=False)
     text = col.str.strip_chars()
     text = pl.when(text == "").then(None).otherwise(text)

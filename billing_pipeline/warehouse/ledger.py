@@ -16,7 +16,7 @@ import polars as pl
 from billing_pipeline.warehouse.store import query, register
 
 LEDGER_COLUMNS = ["entry_id", "business_date", "facility_id", "customer_id", "kind", "amount_cents",
-                  "contract_id", "bill_date", "idempotency_key"]
+                  "contract_id", "bill_date", "idempotency_key", "product_id"]
 
 
 def period_entry_id(contract_id: pl.Expr, bill_date: pl.Expr) -> pl.Expr:
@@ -27,23 +27,26 @@ def dues_entries(postings: pl.DataFrame) -> pl.DataFrame:
     return postings.select(
         period_entry_id(pl.col("contract_id"), pl.col("bill_date")).alias("entry_id"),
         "business_date", "facility_id", "customer_id", "kind", "amount_cents", "contract_id", "bill_date",
-        pl.lit(None, pl.String).alias("idempotency_key"))
+        pl.lit(None, pl.String).alias("idempotency_key"), pl.lit(None, pl.String).alias("product_id"))
 
 
 def billing_entries(approved: pl.DataFrame) -> pl.DataFrame:
-    """Ledger entries for approved charges: the surcharge (a debit, if any) and the payment of
+    """Ledger entries for approved charges: the surcharge (a debit of the facility's surcharge
+    product, if any) and the payment of
     the whole amount charged (a credit), so the balance after it is zero."""
     base = approved.select("business_date", "facility_id", "customer_id", "idempotency_key",
-                           "amount_cents", "surcharge_cents")
+                           "amount_cents", "surcharge_cents", "surcharge_product_id")
     surcharges = base.filter(pl.col("surcharge_cents") > 0).select(
         pl.format("surcharge|{}", "idempotency_key").alias("entry_id"), "business_date", "facility_id",
         "customer_id", pl.lit("surcharge").alias("kind"), pl.col("surcharge_cents").alias("amount_cents"),
-        pl.lit(None, pl.String).alias("contract_id"), pl.lit(None, pl.Date).alias("bill_date"), "idempotency_key")
+        pl.lit(None, pl.String).alias("contract_id"), pl.lit(None, pl.Date).alias("bill_date"), "idempotency_key",
+        pl.col("surcharge_product_id").alias("product_id"))
     payments = base.select(
         pl.format("payment|{}", "idempotency_key").alias("entry_id"), "business_date", "facility_id",
         "customer_id", pl.lit("billing_payment").alias("kind"),
         (-(pl.col("amount_cents") + pl.col("surcharge_cents"))).alias("amount_cents"),
-        pl.lit(None, pl.String).alias("contract_id"), pl.lit(None, pl.Date).alias("bill_date"), "idempotency_key")
+        pl.lit(None, pl.String).alias("contract_id"), pl.lit(None, pl.Date).alias("bill_date"), "idempotency_key",
+        pl.lit(None, pl.String).alias("product_id"))
     return pl.concat([surcharges, payments])
 
 

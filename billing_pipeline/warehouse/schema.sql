@@ -32,7 +32,9 @@ CREATE TABLE IF NOT EXISTS dues_posting_errors (
 CREATE TABLE IF NOT EXISTS ledger (
     entry_id VARCHAR PRIMARY KEY, business_date DATE NOT NULL, facility_id VARCHAR NOT NULL,
     customer_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, amount_cents BIGINT NOT NULL,
-    contract_id VARCHAR, bill_date DATE, idempotency_key VARCHAR, posted_at TIMESTAMPTZ);
+    contract_id VARCHAR, bill_date DATE, idempotency_key VARCHAR, product_id VARCHAR, posted_at TIMESTAMPTZ);
+
+ALTER TABLE ledger ADD COLUMN IF NOT EXISTS product_id VARCHAR;  -- files written before it existed
 
 -- Running balance per customer, updated in the same transaction as the ledger; the ledger
 -- check compares it with the sum of the ledger after every run.
