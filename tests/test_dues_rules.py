@@ -375,3 +375,11 @@ def test_nightly_runs_post_the_same_periods_as_one_catch_up_run_and_never_twice(
     once = post_days({fid: n[-1] for fid, n in nights.items()}, {}, **tables)
     assert errors(once) == []
     assert sorted(nightly) == posted(once)
+
+
+def test_customer_with_an_unknown_home_facility_is_an_error_not_a_silent_posting():
+    out = post(D(2026, 3, 1), customers=[customer("C1", facility_id="F-GONE")])
+    assert out["dues_postings"].height == 0
+    errors = out["dues_posting_errors"].select("contract_id", "error_code", "message").rows()
+    assert errors == [("K1", "unknown_facility", "customer C1's home facility F-GONE does not exist: "
+                                                 "they could not be billed")]

@@ -34,14 +34,18 @@ def contracts_for_days(contracts: pl.LazyFrame, customers: pl.LazyFrame, facilit
         contracts.join(known_facilities, on="facility_id", how="left")
         .join(customers.select("customer_id", pl.col("facility_id").alias("home_facility_id"),
                                pl.lit(True).alias("customer_known")), on="customer_id", how="left")
+        .join(known_facilities.rename({"facility_id": "home_facility_id", "facility_known": "home_known"}),
+              on="home_facility_id", how="left")
         .with_columns(
             pl.col("facility_known").fill_null(False), pl.col("customer_known").fill_null(False),
+            # a customer whose home facility does not exist could never be billed
+            (pl.col("customer_known") & pl.col("home_known").is_null()).alias("home_unknown"),
             pl.when(pl.col("facility_known")).then(pl.col("facility_id"))
             .otherwise(pl.col("home_facility_id")).alias("processing_facility_id"),
             pl.col("facility_id").alias("contract_facility_id"),
         )
         .rename({"status": "exported_status"})
-        .drop("facility_id", "home_facility_id")
+        .drop("facility_id", "home_known")
         .rename({"processing_facility_id": "facility_id"})
     )
     settings = facilities.select("facility_id", "weekly_billing_day", "monthly_billing_day")
@@ -69,6 +73,9 @@ def data_errors(processed: pl.LazyFrame, duplicate_customers: pl.LazyFrame) -> p
         ("unknown_customer", ~pl.col("customer_known"), pl.format("customer {} does not exist", "customer_id")),
         ("unknown_facility", ~pl.col("facility_known"),
          pl.format("facility {} does not exist", "contract_facility_id")),
+        ("unknown_facility", pl.col("home_unknown") & pl.col("facility_known"),
+         pl.format("customer {}'s home facility {} does not exist: they could not be billed",
+                   "customer_id", "home_facility_id")),
         ("negative_amount", (pl.col("amount_cents") < 0) | (pl.col("freeze_fee_cents") < 0),
          pl.format("dues of {} cents (freeze fee {}) are negative", "amount_cents", "freeze_fee_cents")),
         ("invalid_dates", pl.col("end_date") < pl.col("start_date"),
