@@ -88,9 +88,8 @@ Where to look next:
   * the Dagster UI with these runs, the asset graph and the checks:
       DAGSTER_HOME={home} {Path(sys.executable).with_name("dagster")} dev -w workspace.yaml
     (from the repository root; then open http://127.0.0.1:3000)
-  * the analysts' database: {db}
-      duckdb {db} "SELECT kind, count(*), sum(amount_cents) FROM ledger GROUP BY kind"
-    or from Python: duckdb.connect('{db}', read_only=True)
+  * the analysts' database: {db} (open it read-only any time, also during a run):
+      {sys.executable} -c "import duckdb; print(duckdb.connect('{db}', read_only=True).sql('SELECT kind, count(*), sum(amount_cents) FROM ledger GROUP BY kind'))"
   * run a day from the command line: billing-pipeline run --data {data} --db {db} --date {dates[-1]}""")
 
 
