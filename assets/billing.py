@@ -67,14 +67,13 @@ def charging(context: dg.AssetExecutionContext, export: ExportFolder, warehouse:
     gw = gateway.open()
     try:
         with warehouse.get().connect() as conn:
-            out = cycle.charge(conn, night, gw, billing.cycle())
+            attempts, sent = cycle.charge(conn, night, gw, billing.cycle())
             ledger = ledger_check_result(conn, BILLING_ATTEMPTS)
     finally:
         gw.close()
-    attempts = out["billing_attempts"]
     outcomes = attempts.group_by("outcome").len().sort("outcome")
     yield dg.MaterializeResult(asset_key=BILLING_ATTEMPTS, metadata={
-        **frame_metadata(attempts), "sent_this_run": int(out["sent"].item()),
+        **frame_metadata(attempts), "sent_this_run": sent,
         "outcomes": dg.MetadataValue.json({r["outcome"]: r["len"] for r in outcomes.iter_rows(named=True)})})
     yield dg.MaterializeResult(asset_key=FAILED_BILLING_EVENTS, metadata=frame_metadata(
         attempts.filter(pl.col("outcome") != "approved")))

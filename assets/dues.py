@@ -29,9 +29,8 @@ def dues_posting(context: dg.AssetExecutionContext, export: ExportFolder, wareho
     """Posts every unposted period up to the business date for the window's facilities."""
     night = export.night(context.partition_key)
     with warehouse.get().connect() as conn:
-        out = cycle.post_dues(conn, night)
+        out, new_entries = cycle.post_dues(conn, night)
         ledger = ledger_check_result(conn, DUES_POSTINGS)
-    new_entries = int(out["new_ledger_entries"].item())
     yield dg.MaterializeResult(asset_key=DUE_CONTRACTS, metadata=frame_metadata(out["due_contracts"]))
     yield dg.MaterializeResult(asset_key=DUES_POSTINGS, metadata={
         **frame_metadata(out["dues_postings"]), "new_ledger_entries": new_entries,

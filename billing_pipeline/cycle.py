@@ -174,7 +174,8 @@ def status_changes_since_last_day(conn: duckdb.DuckDBPyConnection, statuses: pl.
 
 # --- dues posting (SPEC 1.2, 1.3) -----------------------------------------------------------
 
-def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> dict[str, pl.DataFrame]:
+def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, pl.DataFrame], int]:
+    """Writes the dues tables of the facility-days; returns them and how many ledger entries were new."""
     processed = night.contracts
     last_posted = ledger.last_posted_periods(conn, processed)
     out = {name: frame.collect() for name, frame in dues.post_dues(
@@ -184,8 +185,8 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> dict[str, pl.Dat
     with transaction(conn):
         for table in ("due_contracts", "dues_postings", "dues_posting_errors"):
             replace_facility_days(conn, table, out[table], night.facility_days)
-        out["new_ledger_entries"] = pl.DataFrame({"posted": [ledger.post_entries(conn, ledger.dues_entries(out["dues_postings"]))]})
-    return out
+        new_entries = ledger.post_entries(conn, ledger.dues_entries(out["dues_postings"]))
+    return out, new_entries
 
 
 # --- billable customers, sweeps and pre-billing checks (SPEC 1.4, 1.6) -----------------------
@@ -253,13 +254,14 @@ def balances(conn: duckdb.DuckDBPyConnection, night: Night) -> pl.DataFrame:
 # --- charging (SPEC 1.5) --------------------------------------------------------------------
 
 def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGateway,
-           settings: CycleSettings) -> dict[str, pl.DataFrame]:
+           settings: CycleSettings) -> tuple[pl.DataFrame, int]:
     """Charges every billable customer not on hold, once per business date, whatever reruns.
 
     1. The requests are written ahead (`charge_requests`); a key already written keeps its
        first request, so a rerun or a resumed run resends exactly what was sent before.
     2. Requests without a final outcome are sent; outcomes and their ledger entries are written
        together, batch by batch.
+    Returns the facility-days' billing attempts and how many requests this run sent.
     """
     days = night.facility_days
     billable = query(conn, """
@@ -296,7 +298,7 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
     attempts = query(conn, """
         SELECT a.* FROM billing_attempts a JOIN _days d USING (facility_id, business_date)
         ORDER BY idempotency_key""", _days=days.select("facility_id", "business_date"))
-    return {"billing_attempts": attempts, "sent": pl.DataFrame({"sent": [sent]})}
+    return attempts, sent
 
 
 # --- the whole cycle, as `billing-pipeline run` calls it -------------------------------------
@@ -318,12 +320,12 @@ class NightSummary:
 def run_night(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGateway,
               settings: CycleSettings) -> NightSummary:
     maintenance(conn, night)
-    posted = post_dues(conn, night)
+    posted, _ = post_dues(conn, night)
     selected = select_billable(conn, night, settings)
-    charged = charge(conn, night, gateway, settings)
+    attempts, _ = charge(conn, night, gateway, settings)
     problems = {name: frame.height for name, frame in ledger.ledger_problems(conn).items()}
     blocks = selected["billing_blocks"].filter(pl.col("blocked"))
-    outcomes = charged["billing_attempts"].get_column("outcome")
+    outcomes = attempts.get_column("outcome")
     return NightSummary(
         facility_days=night.facility_days.height,
         dues_posted=posted["dues_postings"].height,
