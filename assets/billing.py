@@ -5,7 +5,8 @@ import polars as pl
 
 from assets.dues import DUES_POSTINGS
 from assets.partitions import facility_day_windows
-from assets.resources import BillingSettings, ExportFolder, GatewayResource, WarehouseResource, frame_metadata
+from assets.resources import (BillingSettings, ExportFolder, GatewayResource, WarehouseResource, frame_metadata,
+                              warehouse_table)
 from billing_pipeline import cycle
 from checks import prebilling
 from checks.ledger import ledger_check_result, ledger_check_spec
@@ -20,14 +21,14 @@ FAILED_BILLING_EVENTS = dg.AssetKey("failed_billing_events")
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(BILLABLE_CUSTOMERS, group_name="billing", kinds={"duckdb"}, deps=[DUES_POSTINGS],
-                     description="Who is billed tonight, with every reason, balance due now and any hold."),
-        dg.AssetSpec(SWEEP_CANDIDATES, group_name="billing", kinds={"duckdb"}, deps=[DUES_POSTINGS],
-                     description="Customers billed by a fixed or rolling sweep."),
-        dg.AssetSpec(DUPLICATE_CONTRACTS, group_name="billing", kinds={"duckdb"}, deps=[DUES_POSTINGS],
-                     description="Pre-billing report: two or more contracts in effect for one plan."),
-        dg.AssetSpec(WITHOUT_PAYMENT_METHOD, group_name="billing", kinds={"duckdb"}, deps=[DUES_POSTINGS],
-                     description="Pre-billing report: recurring dues and no usable payment method."),
+        warehouse_table(BILLABLE_CUSTOMERS, "billing", [DUES_POSTINGS],
+                        "Who is billed tonight, with every reason, balance due now and any hold."),
+        warehouse_table(SWEEP_CANDIDATES, "billing", [DUES_POSTINGS],
+                        "Customers billed by a fixed or rolling sweep."),
+        warehouse_table(DUPLICATE_CONTRACTS, "billing", [DUES_POSTINGS],
+                        "Pre-billing report: two or more contracts in effect for one plan."),
+        warehouse_table(WITHOUT_PAYMENT_METHOD, "billing", [DUES_POSTINGS],
+                        "Pre-billing report: recurring dues and no usable payment method."),
     ],
     check_specs=prebilling.CHECK_SPECS,
     partitions_def=facility_day_windows,
@@ -52,10 +53,10 @@ def billable(context: dg.AssetExecutionContext, export: ExportFolder, warehouse:
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(BILLING_ATTEMPTS, group_name="billing", kinds={"duckdb"}, deps=[BILLABLE_CUSTOMERS],
-                     description="One charge per billable customer not on hold, with its outcome."),
-        dg.AssetSpec(FAILED_BILLING_EVENTS, group_name="billing", kinds={"duckdb"}, deps=[BILLING_ATTEMPTS],
-                     description="Post-billing report: declines and gateway errors, with the reason."),
+        warehouse_table(BILLING_ATTEMPTS, "billing", [BILLABLE_CUSTOMERS],
+                        "One charge per billable customer not on hold, with its outcome."),
+        warehouse_table(FAILED_BILLING_EVENTS, "billing", [BILLING_ATTEMPTS],
+                        "Post-billing report: declines and gateway errors, with the reason."),
     ],
     check_specs=[ledger_check_spec(BILLING_ATTEMPTS)],
     partitions_def=facility_day_windows,

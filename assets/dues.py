@@ -4,7 +4,7 @@ import dagster as dg
 
 from assets.maintenance import CONTRACT_STATUS_DAILY
 from assets.partitions import facility_day_windows
-from assets.resources import ExportFolder, WarehouseResource, frame_metadata
+from assets.resources import ExportFolder, WarehouseResource, frame_metadata, warehouse_table
 from billing_pipeline import cycle
 from checks.ledger import ledger_check_result, ledger_check_spec
 
@@ -15,12 +15,12 @@ DUES_POSTING_ERRORS = dg.AssetKey("dues_posting_errors")
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(DUE_CONTRACTS, group_name="dues", kinds={"duckdb"}, deps=[CONTRACT_STATUS_DAILY],
-                     description="Every unposted period due on or before the business date, before holds."),
-        dg.AssetSpec(DUES_POSTINGS, group_name="dues", kinds={"duckdb"}, deps=[DUE_CONTRACTS],
-                     description="Dues and freeze fees posted to the ledger (once per contract and bill date)."),
-        dg.AssetSpec(DUES_POSTING_ERRORS, group_name="dues", kinds={"duckdb"}, deps=[DUE_CONTRACTS],
-                     description="Contracts whose dues could not post, with a reason a person understands."),
+        warehouse_table(DUE_CONTRACTS, "dues", [CONTRACT_STATUS_DAILY],
+                        "Every unposted period due on or before the business date, before holds."),
+        warehouse_table(DUES_POSTINGS, "dues", [DUE_CONTRACTS],
+                        "Dues and freeze fees posted to the ledger (once per contract and bill date)."),
+        warehouse_table(DUES_POSTING_ERRORS, "dues", [DUE_CONTRACTS],
+                        "Contracts whose dues could not post, with a reason a person understands."),
     ],
     check_specs=[ledger_check_spec(DUES_POSTINGS)],
     partitions_def=facility_day_windows,

@@ -4,7 +4,7 @@ import dagster as dg
 
 from assets.inputs import INPUT_SPECS
 from assets.partitions import facility_day_windows
-from assets.resources import ExportFolder, WarehouseResource, frame_metadata
+from assets.resources import ExportFolder, WarehouseResource, frame_metadata, warehouse_table
 from billing_pipeline import cycle
 
 CONTRACT_STATUS_DAILY = dg.AssetKey("contract_status_daily")
@@ -13,12 +13,10 @@ STATUS_CHANGE_ERRORS = dg.AssetKey("status_change_errors")
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(CONTRACT_STATUS_DAILY, group_name="maintenance", kinds={"duckdb"},
-                     deps=[s.key for s in INPUT_SPECS],
-                     description="Status of every contract on each processed date (stored as intervals)."),
-        dg.AssetSpec(STATUS_CHANGE_ERRORS, group_name="maintenance", kinds={"duckdb"},
-                     deps=[s.key for s in INPUT_SPECS],
-                     description="Freeze / thaw / terminate requests that do not apply, reported once."),
+        warehouse_table(CONTRACT_STATUS_DAILY, "maintenance", [s.key for s in INPUT_SPECS],
+                        "Status of every contract on each processed date (stored as intervals)."),
+        warehouse_table(STATUS_CHANGE_ERRORS, "maintenance", [s.key for s in INPUT_SPECS],
+                        "Freeze / thaw / terminate requests that do not apply, reported once."),
     ],
     partitions_def=facility_day_windows,
 )

@@ -93,6 +93,11 @@ def resources_from_env(data_dir: str | None = None, db_path: str | None = None) 
     }
 
 
+def warehouse_table(key: dg.AssetKey, group: str, deps: list, description: str) -> dg.AssetSpec:
+    """An asset that is a DuckDB warehouse table written per facility-day."""
+    return dg.AssetSpec(key, group_name=group, kinds={"duckdb"}, deps=deps, description=description)
+
+
 def frame_metadata(frame: pl.DataFrame, preview_rows: int = 10) -> dict:
     """Row count, column schema and a short markdown preview for the Dagster UI."""
     schema = dg.TableSchema(columns=[dg.TableColumn(name, str(dtype)) for name, dtype in frame.schema.items()])
