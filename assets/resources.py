@@ -73,11 +73,13 @@ class GatewayResource(dg.ConfigurableResource):
 
 class BillingSettings(dg.ConfigurableResource):
     max_flagged_share: float = 0.02
-    max_in_flight: int = 64
+    max_in_flight: int = ChargeSettings.max_in_flight  # charges waiting on the gateway at once
+    batch_size: int = ChargeSettings.batch_size  # charges per gateway call
 
     def cycle(self) -> CycleSettings:
         return CycleSettings(max_flagged_share=self.max_flagged_share,
-                             charging=ChargeSettings(max_in_flight=self.max_in_flight))
+                             charging=ChargeSettings(max_in_flight=self.max_in_flight,
+                                                     batch_size=self.batch_size))
 
 
 def resources_from_env(data_dir: str | None = None, db_path: str | None = None) -> dict:

@@ -27,58 +27,54 @@ DAY = dt.date(2026, 3, 28)
 def build(n: int):
     import polars as pl
 
-    from billing_pipeline.gateway import ChargeRequest
-
-    ids = [f"CU{i:08d}" for i in range(1, n + 1)]
-    tokens = ["decline_insufficient_funds" if i % 33 == 0 else f"tok_{i:08x}" for i in range(1, n + 1)]
-    frame = pl.DataFrame({
-        "idempotency_key": [f"bill:{c}:{DAY}" for c in ids],
-        "business_date": [DAY] * n,
-        "facility_id": [f"F{(i % 1000) + 1:03d}" for i in range(n)],
-        "customer_id": ids,
-        "payment_method_id": [f"PM{i:08d}" for i in range(1, n + 1)],
-        "token": tokens,
-        "amount_cents": [4999 + (i % 7) * 100 for i in range(n)],
-        "surcharge_cents": [150 if i % 4 == 0 else 0 for i in range(n)],
-    })
-    requests = [ChargeRequest(r["idempotency_key"], r["customer_id"], r["payment_method_id"], r["token"],
-                              r["amount_cents"] + r["surcharge_cents"]) for r in frame.iter_rows(named=True)]
+    i = pl.int_range(1, n + 1, eager=True)
+    frame = pl.DataFrame({"i": i}).select(
+        pl.format("bill:CU{}:{}", pl.col("i").cast(pl.String).str.zfill(8), pl.lit(str(DAY))).alias("idempotency_key"),
+        pl.lit(DAY).alias("business_date"),
+        pl.format("F{}", ((pl.col("i") % 1000) + 1).cast(pl.String).str.zfill(3)).alias("facility_id"),
+        pl.format("CU{}", pl.col("i").cast(pl.String).str.zfill(8)).alias("customer_id"),
+        pl.format("PM{}", pl.col("i").cast(pl.String).str.zfill(8)).alias("payment_method_id"),
+        pl.when(pl.col("i") % 33 == 0).then(pl.lit("decline_insufficient_funds"))
+        .otherwise(pl.format("tok_{}", pl.col("i"))).alias("token"),
+        (4999 + (pl.col("i") % 7) * 100).cast(pl.Int64).alias("amount_cents"),
+        pl.when(pl.col("i") % 4 == 0).then(150).otherwise(0).cast(pl.Int64).alias("surcharge_cents"),
+        pl.lit("SURCHARGE").alias("surcharge_product_id"),
+    )
+    requests = frame.select("idempotency_key", "customer_id", "payment_method_id", "token",
+                            pl.col("amount_cents") + pl.col("surcharge_cents"))
     by_key = frame.select("idempotency_key", "business_date", "facility_id", "customer_id", "payment_method_id",
-                          "amount_cents", "surcharge_cents")
+                          "amount_cents", "surcharge_cents", "surcharge_product_id")
     return requests, by_key
 
 
-def measure(n: int, max_in_flight: int, latency_s: float, record_mode: str, workdir: Path) -> dict:
+def measure(n: int, max_in_flight: int, batch_size: int, latency_s: float, record_mode: str, workdir: Path) -> dict:
     import duckdb
     import polars as pl
 
-    from billing_pipeline.charging import ChargeSettings, Outcome, run_charges
+    from billing_pipeline.charging import ChargeSettings, run_charges
     from billing_pipeline.gateway import SimulatedGateway
     from billing_pipeline.warehouse import ledger
     from billing_pipeline.warehouse.store import insert, transaction
 
-    tag = f"n{n}-m{max_in_flight}-l{latency_s}-{record_mode}"
+    tag = f"n{n}-m{max_in_flight}-b{batch_size}-l{latency_s}-{record_mode}"
     requests, by_key = build(n)
     conn = duckdb.connect(str(workdir / f"{tag}.duckdb"))
     conn.execute(resources.files("billing_pipeline.warehouse").joinpath("schema.sql").read_text())
     gateway = SimulatedGateway(workdir / f"{tag}.gateway.sqlite", latency_s=latency_s)
     record_times: list[float] = []
 
-    def record(outcomes: list[Outcome]) -> None:  # as in cycle.charge
+    def record(outcomes: pl.DataFrame) -> None:  # as in cycle.charge
         started = time.perf_counter()
-        rows = pl.DataFrame([o.__dict__ for o in outcomes], schema={
-            "idempotency_key": pl.String, "outcome": pl.String, "decline_code": pl.String, "reference": pl.String,
-            "tries": pl.Int32, "message": pl.String, "completed_at": pl.Datetime("us", "UTC")})
-        attempts = by_key.join(rows, on="idempotency_key").rename({"reference": "gateway_reference"})
+        attempts = by_key.join(outcomes, on="idempotency_key").rename({"reference": "gateway_reference"})
         with transaction(conn):
-            insert(conn, "billing_attempts", attempts)
+            insert(conn, "billing_attempts", attempts.drop("surcharge_product_id"))
             ledger.post_entries(conn, ledger.billing_entries(attempts.filter(pl.col("outcome") == "approved")))
         record_times.append(time.perf_counter() - started)
 
-    def no_record(outcomes: list[Outcome]) -> None:
+    def no_record(outcomes: pl.DataFrame) -> None:
         record_times.append(0.0)
 
-    settings = ChargeSettings(max_in_flight=max_in_flight)
+    settings = ChargeSettings(max_in_flight=max_in_flight, batch_size=batch_size)
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     sent = run_charges(requests, gateway, settings, record if record_mode == "duckdb" else no_record)
@@ -91,7 +87,7 @@ def measure(n: int, max_in_flight: int, latency_s: float, record_mode: str, work
     limit = max_in_flight / latency_s if latency_s > 0 else None
     rate = sent / wall
     return {
-        "n": n, "max_in_flight": max_in_flight, "latency_s": latency_s, "record": record_mode,
+        "n": n, "max_in_flight": max_in_flight, "batch_size": batch_size, "latency_s": latency_s, "record": record_mode,
         "sent": sent, "stored_attempts": stored, "wall_s": wall, "charges_per_s": rate,
         "limit_per_s": limit, "pct_of_limit": 100 * rate / limit if limit else None,
         "record_batches": len(record_times), "record_total_s": sum(record_times),
@@ -102,24 +98,24 @@ def measure(n: int, max_in_flight: int, latency_s: float, record_mode: str, work
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n", default="5000,20000")
-    parser.add_argument("--in-flight", default="64,256")
+    parser.add_argument("--configs", default="64:1:5000,256:1:20000,2048:512:200000",
+                        help="max_in_flight:batch_size:charges, comma-separated")
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--no-controls", action="store_true")
     parser.add_argument("--result", type=Path, required=True)
     args = parser.parse_args()
 
-    sizes = [int(x) for x in args.n.split(",")]
-    flights = [int(x) for x in args.in_flight.split(",")]
-    configs = [(n, m, args.latency, "duckdb") for m in flights for n in sizes]
+    configs = [(int(n), int(m), int(b), args.latency, "duckdb")
+               for m, b, n in (c.split(":") for c in args.configs.split(","))]
     if not args.no_controls:
-        configs += [(max(sizes), max(flights), args.latency, "none"), (max(sizes), max(flights), 0.0, "duckdb")]
+        n, m, b, latency, _ = configs[-1]
+        configs += [(n, m, b, latency, "none"), (n, m, b, 0.0, "duckdb")]
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-charges-") as tmp:
-        for n, m, latency, mode in configs:
-            r = measure(n, m, latency, mode, Path(tmp))
+        for n, m, b, latency, mode in configs:
+            r = measure(n, m, b, latency, mode, Path(tmp))
             pct = f"{r['pct_of_limit']:.1f}% of {r['limit_per_s']:.0f}/s" if r["limit_per_s"] else "no limit (latency 0)"
-            print(f"charges n={n} in_flight={m} latency={latency}s record={mode}: "
+            print(f"charges n={n} in_flight={m} batch={b} latency={latency}s record={mode}: "
                   f"{r['charges_per_s']:.0f}/s, {pct}; record {r['record_total_s']:.2f}s in {r['record_batches']} "
                   f"batches (max {r['record_max_s'] * 1000:.0f} ms); cpu {r['cpu_us_per_charge']:.0f} us/charge",
                   flush=True)

@@ -188,9 +188,9 @@ def best_baseline(out: Path, sizes_done: dict[int, dict[str, Any]], below: int) 
     return found[max(candidates)] if candidates else None
 
 
-def run_charges(out: Path, n: str, in_flight: str) -> dict[str, Any]:
-    log(f"charge throughput: n={n}, max_in_flight={in_flight}, latency 100 ms")
-    child = run_child("benchmarks.charges", ["--n", n, "--in-flight", in_flight], out / ".charges.json")
+def run_charges(out: Path, configs: str) -> dict[str, Any]:
+    log(f"charge throughput: max_in_flight:batch_size:charges = {configs}, latency 100 ms")
+    child = run_child("benchmarks.charges", ["--configs", configs], out / ".charges.json")
     if child.returncode != 0 or child.result is None:
         raise SystemExit(f"the charge benchmark failed (exit {child.returncode})")
     return {**child.result, "child": child_info(child)}
@@ -304,13 +304,13 @@ def summarize(out: Path) -> tuple[str, dict[str, Any]]:
 
     if charges:
         md += ["### Charge throughput (SimulatedGateway, run_charges, record = DuckDB batch like cycle.charge)", "",
-               ("| requests | max_in_flight | latency | record | limit | charges/s | % of limit | record time "
+               ("| requests | max_in_flight | batch | latency | record | limit | charges/s | % of limit | record time "
                "(batches, max) | CPU per charge |"),
-               "|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+               "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
         for c in charges["runs"]:
             limit = f"{c['limit_per_s']:.0f}/s" if c["limit_per_s"] else "-"
             pct = f"{c['pct_of_limit']:.1f}%" if c["pct_of_limit"] is not None else "-"
-            md.append(f"| {c['n']} | {c['max_in_flight']} | {c['latency_s'] * 1000:.0f} ms | {c['record']} | {limit} | "
+            md.append(f"| {c['n']} | {c['max_in_flight']} | {c.get('batch_size', 1)} | {c['latency_s'] * 1000:.0f} ms | {c['record']} | {limit} | "
                       f"{c['charges_per_s']:.0f} | {pct} | {c['record_total_s']:.2f} s ({c['record_batches']}, "
                       f"{c['record_max_s'] * 1000:.0f} ms) | {c['cpu_us_per_charge']:.0f} us |")
             summary["charges"].append(c)
@@ -337,7 +337,7 @@ def summarize(out: Path) -> tuple[str, dict[str, Any]]:
     for c in summary["charges"]:
         if c["pct_of_limit"] is not None and c["record"] == "duckdb":
             ok = c["pct_of_limit"] >= TARGET_PCT
-            md.append(f"| charging {c['n']} @ {c['max_in_flight']} in flight >= {TARGET_PCT:.0f}% of limit | "
+            md.append(f"| charging {c['n']} @ {c['max_in_flight']} in flight, batches of {c.get('batch_size', 1)} >= {TARGET_PCT:.0f}% of limit | "
                       f"{c['pct_of_limit']:.1f}% | {'yes' if ok else 'NO'} |")
     md.append("")
     return "\n".join(md), summary
@@ -353,8 +353,8 @@ def main() -> None:
                         help="run the per-row baseline only where its time estimate is below this; else extrapolate")
     parser.add_argument("--per-row-max-gib", type=float, default=8.0,
                         help="... and where its memory estimate (Python objects, linear in size) is below this")
-    parser.add_argument("--charge-n", default="5000,20000")
-    parser.add_argument("--in-flight", default="64,256")
+    parser.add_argument("--charge-configs", default="64:1:5000,256:1:20000,2048:512:200000",
+                        help="charge throughput runs, max_in_flight:batch_size:charges")
     parser.add_argument("--profile", action="store_true", help="run each cycle under py-spy (raw stacks in --out)")
     parser.add_argument("--keep-db", action="store_true", help="keep each size's DuckDB file (path in the JSON)")
     args = parser.parse_args()
@@ -402,7 +402,7 @@ def main() -> None:
         done[size] = record
 
     if not args.skip_charges:
-        write_json(out / "charges.json", run_charges(out, args.charge_n, args.in_flight))
+        write_json(out / "charges.json", run_charges(out, args.charge_configs))
 
     markdown, summary = summarize(out)
     (out / "summary.md").write_text(markdown)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from billing_pipeline.charging import ChargeSettings
+
 EXIT_BAD_INPUT = 2
 EXIT_BLOCKED = 3
 EXIT_LEDGER = 4
@@ -78,22 +80,26 @@ def generate(out: Path, contracts: int, facilities: int, seed: int, start: dt.da
               help="Simulated gateway's record of charges (default: beside the DuckDB file).")
 @click.option("--gateway-latency-ms", default=0.0, show_default=True, type=float)
 @click.option("--decline-rate", default=0.0, show_default=True, type=click.FloatRange(0, 1))
-@click.option("--max-in-flight", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--max-in-flight", default=ChargeSettings.max_in_flight, show_default=True, type=click.IntRange(min=1),
+              help="Charges waiting on the gateway at once, at most.")
+@click.option("--batch-size", default=ChargeSettings.batch_size, show_default=True, type=click.IntRange(min=1),
+              help="Charges per gateway call.")
 @click.option("--max-flagged-share", default=0.02, show_default=True, type=click.FloatRange(0, 1),
               help="Block a window's billing above this share of flagged billable customers.")
 def run(data: Path, db: Path, date: dt.date, through: dt.date | None, facility: str | None,
         gateway_state: Path | None, gateway_latency_ms: float, decline_rate: float, max_in_flight: int,
-        max_flagged_share: float) -> None:
+        batch_size: int, max_flagged_share: float) -> None:
     """Run the nightly cycle for business date D (to --through), for every facility."""
     from billing_pipeline.cycle import SupersededDay
-    from billing_pipeline.runner import RunOptions, run_dates
     from billing_pipeline.inputs.load import InputError
+    from billing_pipeline.runner import RunOptions, run_dates
 
     through = through or date
     if through < date:
         fail(f"--through {through} is before --date {date}", EXIT_BAD_INPUT)
     options = RunOptions(gateway_state=gateway_state, latency_s=gateway_latency_ms / 1000,
-                         decline_rate=decline_rate, max_in_flight=max_in_flight, max_flagged_share=max_flagged_share)
+                         decline_rate=decline_rate, max_in_flight=max_in_flight, batch_size=batch_size,
+                         max_flagged_share=max_flagged_share)
     try:
         summaries = run_dates(data, db, date, through, facility, options, echo=click.echo)
     except InputError as exc:

@@ -16,8 +16,8 @@ from functools import cached_property
 import duckdb
 import polars as pl
 
-from billing_pipeline.charging import ChargeSettings, Outcome, run_charges
-from billing_pipeline.gateway import ChargeRequest, PaymentGateway
+from billing_pipeline.charging import ChargeSettings, run_charges
+from billing_pipeline.gateway import PaymentGateway
 from billing_pipeline.inputs.load import Inputs
 from billing_pipeline.rules import billable as billable_rules
 from billing_pipeline.rules import contract_status, dues, prebilling
@@ -280,16 +280,13 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
         SELECT r.* FROM charge_requests r JOIN _days d USING (facility_id, business_date)
         ANTI JOIN billing_attempts a USING (idempotency_key) ORDER BY r.idempotency_key""",
                     _days=days.select("facility_id", "business_date"))
-    requests = [ChargeRequest(r["idempotency_key"], r["customer_id"], r["payment_method_id"], r["token"],
-                              r["amount_cents"] + r["surcharge_cents"]) for r in pending.iter_rows(named=True)]
+    requests = pending.select("idempotency_key", "customer_id", "payment_method_id", "token",
+                              (pl.col("amount_cents") + pl.col("surcharge_cents")).alias("amount_cents"))
     by_key = pending.select("idempotency_key", "business_date", "facility_id", "customer_id", "payment_method_id",
                             "amount_cents", "surcharge_cents", "surcharge_product_id")
 
-    def record(outcomes: list[Outcome]) -> None:
-        rows = pl.DataFrame([o.__dict__ for o in outcomes], schema={
-            "idempotency_key": pl.String, "outcome": pl.String, "decline_code": pl.String, "reference": pl.String,
-            "tries": pl.Int32, "message": pl.String, "completed_at": pl.Datetime("us", "UTC")})
-        attempts = by_key.join(rows, on="idempotency_key").rename({"reference": "gateway_reference"})
+    def record(outcomes: pl.DataFrame) -> None:
+        attempts = by_key.join(outcomes, on="idempotency_key").rename({"reference": "gateway_reference"})
         with transaction(conn):
             insert(conn, "billing_attempts", attempts.drop("surcharge_product_id"))
             ledger.post_entries(conn, ledger.billing_entries(attempts.filter(pl.col("outcome") == "approved")))

@@ -26,12 +26,14 @@ class RunOptions:
     gateway_state: Path | None = None
     latency_s: float = 0.0
     decline_rate: float = 0.0
-    max_in_flight: int = 64
+    max_in_flight: int = ChargeSettings.max_in_flight
+    batch_size: int = ChargeSettings.batch_size
     max_flagged_share: float = 0.02
 
     def cycle_settings(self) -> CycleSettings:
         return CycleSettings(max_flagged_share=self.max_flagged_share,
-                             charging=ChargeSettings(max_in_flight=self.max_in_flight))
+                             charging=ChargeSettings(max_in_flight=self.max_in_flight,
+                                                     batch_size=self.batch_size))
 
 
 def default_gateway_state(db: Path) -> Path:

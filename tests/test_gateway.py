@@ -2,68 +2,104 @@
 
 import asyncio
 
+import polars as pl
 import pytest
 
 from billing_pipeline.charging import ChargeSettings, run_charges
-from billing_pipeline.gateway import ChargeRequest, GatewayError, SimulatedGateway
-from billing_pipeline.gateway.interface import ChargeResult, IdempotencyConflict
+from billing_pipeline.gateway import GatewayError, IdempotencyConflict, SimulatedGateway
 
 
-def request(key="k1", token="tok_ok", amount=1000):
-    return ChargeRequest(key, "C1", "PM1", token, amount)
+def requests(*rows):
+    """rows: (key, token, amount)"""
+    return pl.DataFrame([{"idempotency_key": k, "customer_id": f"C-{k}", "payment_method_id": f"PM-{k}", "token": t,
+                          "amount_cents": a} for k, t, a in rows])
+
+
+def answers(gateway, *rows):
+    return {r["idempotency_key"]: r for r in asyncio.run(gateway.charge(requests(*rows))).iter_rows(named=True)}
 
 
 def test_a_repeated_key_is_answered_from_the_record_and_charged_once(tmp_path):
     gateway = SimulatedGateway(tmp_path / "gw.sqlite")
-    first = asyncio.run(gateway.charge(request()))
-    again = asyncio.run(SimulatedGateway(tmp_path / "gw.sqlite").charge(request()))  # another process, same file
-    assert first.outcome == again.outcome == "approved" and first.reference == again.reference
-    assert gateway.captured() == {"k1": 1000}
+    first = answers(gateway, ("k1", "tok_ok", 1000))
+    again = answers(SimulatedGateway(tmp_path / "gw.sqlite"), ("k1", "tok_ok", 1000), ("k2", "tok_ok", 500))
+    assert first["k1"]["outcome"] == again["k1"]["outcome"] == "approved"
+    assert first["k1"]["reference"] == again["k1"]["reference"] is not None
+    assert gateway.captured() == {"k1": 1000, "k2": 500}
+    assert gateway._db.execute("SELECT times_requested FROM charges WHERE idempotency_key = 'k1'").fetchone() == (2,)
+    # The same key for another amount is refused, and nothing of that call is kept.
     with pytest.raises(IdempotencyConflict):
-        asyncio.run(gateway.charge(request(amount=999)))
+        answers(gateway, ("k3", "tok_ok", 700), ("k1", "tok_ok", 999))
+    assert gateway.captured() == {"k1": 1000, "k2": 500}
 
 
 def test_tokens_decide_the_answer(tmp_path):
     gateway = SimulatedGateway(tmp_path / "gw.sqlite")
-    assert asyncio.run(gateway.charge(request("a", "decline_insufficient_funds"))) == ChargeResult(
-        "declined", "insufficient_funds", asyncio.run(gateway.charge(request("a", "decline_insufficient_funds"))).reference)
-    with pytest.raises(GatewayError):
-        asyncio.run(gateway.charge(request("b", "error_timeout")))
-    assert gateway.captured() == {}
+    got = answers(gateway, ("a", "decline_insufficient_funds", 100), ("b", "error_timeout", 100), ("c", "tok", 100))
+    assert (got["a"]["outcome"], got["a"]["decline_code"]) == ("declined", "insufficient_funds")
+    assert got["b"]["outcome"] == "error" and "error_timeout" in got["b"]["message"]
+    assert (got["c"]["outcome"], got["c"]["decline_code"]) == ("approved", None)
+    assert gateway.captured() == {"c": 100}
 
 
 def test_random_declines_are_stable_per_key(tmp_path):
+    rows = [(f"k{i}", "tok", 100) for i in range(400)]
     gateway = SimulatedGateway(tmp_path / "gw.sqlite", decline_rate=0.5, seed=1)
-    outcomes = [asyncio.run(gateway.charge(request(f"k{i}"))).outcome for i in range(200)]
-    assert 60 < outcomes.count("declined") < 140
+    outcomes = {k: r["outcome"] for k, r in answers(gateway, *rows).items()}
+    assert 140 < list(outcomes.values()).count("declined") < 260
     fresh = SimulatedGateway(tmp_path / "other.sqlite", decline_rate=0.5, seed=1)
-    assert [asyncio.run(fresh.charge(request(f"k{i}"))).outcome for i in range(200)] == outcomes
+    assert {k: r["outcome"] for k, r in answers(fresh, *rows).items()} == outcomes
+    none = SimulatedGateway(tmp_path / "none.sqlite", decline_rate=0.0)
+    assert {r["outcome"] for r in answers(none, *rows).values()} == {"approved"}
 
 
 class CountingGateway:
-    """Wraps the simulated gateway to watch how many charges wait on it at once."""
+    """Wraps a gateway to watch how many charges wait on it at once; the first call of each
+    batch can fail as a whole (an outage)."""
 
-    def __init__(self, inner):
-        self.inner, self.in_flight, self.peak = inner, 0, 0
+    def __init__(self, inner, fail_first_call=False):
+        self.inner, self.in_flight, self.peak, self.calls = inner, 0, 0, 0
+        self.fail_first_call, self.failed = fail_first_call, set()
 
-    async def charge(self, req):
-        self.in_flight += 1
+    async def charge(self, batch):
+        self.calls += 1
+        self.in_flight += batch.height
         self.peak = max(self.peak, self.in_flight)
         try:
-            return await self.inner.charge(req)
+            first = batch.item(0, "idempotency_key")
+            if self.fail_first_call and first not in self.failed:
+                self.failed.add(first)
+                await asyncio.sleep(0.001)
+                raise GatewayError("connection reset")
+            return await self.inner.charge(batch)
         finally:
-            self.in_flight -= 1
+            self.in_flight -= batch.height
 
 
-def test_charging_is_concurrent_but_bounded_and_records_every_outcome(tmp_path):
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_charging_is_concurrent_but_bounded_and_records_every_outcome(tmp_path, batch_size):
     gateway = CountingGateway(SimulatedGateway(tmp_path / "gw.sqlite", latency_s=0.01))
-    batches = []
-    requests = [request(f"k{i}", "error_x" if i % 10 == 0 else "tok") for i in range(100)]
-    sent = run_charges(requests, gateway, ChargeSettings(max_in_flight=8, attempts=2, backoff_s=0.001, flush_every=30),
-                       batches.append)
-    outcomes = [o for batch in batches for o in batch]
-    assert sent == 100 and gateway.peak == 8
-    assert max(len(b) for b in batches) <= 30 and len(batches) >= 4
-    assert sorted(o.idempotency_key for o in outcomes) == sorted(r.idempotency_key for r in requests)
-    errors = [o for o in outcomes if o.outcome == "error"]
-    assert len(errors) == 10 and all(o.tries == 2 for o in errors)
+    chunks = []
+    todo = requests(*[(f"k{i}", "error_x" if i % 10 == 0 else "tok", 100 + i) for i in range(100)])
+    settings = ChargeSettings(max_in_flight=9, batch_size=batch_size, attempts=2, backoff_s=0.001, flush_every=30)
+    sent = run_charges(todo, gateway, settings, chunks.append)
+    outcomes = pl.concat(chunks)
+    assert sent == 100 and gateway.peak == 9
+    assert max(c.height for c in chunks) <= 30 + batch_size and len(chunks) >= 3
+    assert sorted(outcomes.get_column("idempotency_key")) == sorted(todo.get_column("idempotency_key"))
+    errors = outcomes.filter(pl.col("outcome") == "error")
+    assert errors.height == 10 and errors.get_column("tries").to_list() == [2] * 10
+    assert errors.get_column("message").str.contains("after 2 tries").all()
+    assert outcomes.filter(pl.col("outcome") == "approved").get_column("tries").to_list() == [1] * 90
+
+
+def test_a_failed_call_is_resent_and_charges_once(tmp_path):
+    inner = SimulatedGateway(tmp_path / "gw.sqlite")
+    gateway = CountingGateway(inner, fail_first_call=True)
+    chunks = []
+    todo = requests(*[(f"k{i}", "tok", 100) for i in range(20)])
+    run_charges(todo, gateway, ChargeSettings(max_in_flight=10, batch_size=5, backoff_s=0.001), chunks.append)
+    outcomes = pl.concat(chunks)
+    assert outcomes.get_column("outcome").to_list() == ["approved"] * 20
+    assert set(outcomes.get_column("tries")) == {2}
+    assert gateway.calls == 8 and len(inner.captured()) == 20

@@ -1,29 +1,35 @@
-"""What the pipeline needs from a payment gateway (SPEC 1.5)."""
+"""What the pipeline needs from a payment gateway (SPEC 1.5).
+
+The pipeline hands the gateway a batch of requests as a frame and gets one answer per request:
+a batch API call (or, for a gateway that only takes one charge per call, an adapter that sends
+the batch's charges concurrently). Columns are fixed so a gateway never sees more than it needs.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
+import polars as pl
 
-@dataclass(frozen=True)
-class ChargeRequest:
-    idempotency_key: str
-    customer_id: str
-    payment_method_id: str
-    token: str
-    amount_cents: int  # the whole amount charged: balance plus surcharge
+REQUEST_SCHEMA = {
+    "idempotency_key": pl.String,
+    "customer_id": pl.String,
+    "payment_method_id": pl.String,
+    "token": pl.String,
+    "amount_cents": pl.Int64,  # the whole amount charged: balance plus surcharge
+}
 
-
-@dataclass(frozen=True)
-class ChargeResult:
-    outcome: Literal["approved", "declined"]
-    decline_code: str | None = None
-    reference: str | None = None
+ANSWER_SCHEMA = {
+    "idempotency_key": pl.String,
+    "outcome": pl.String,  # approved / declined / error (could not answer this request now: retryable)
+    "decline_code": pl.String,
+    "reference": pl.String,
+    "message": pl.String,
+}
 
 
 class GatewayError(Exception):
-    """The gateway could not answer (timeout, outage): the charge may be retried."""
+    """The gateway could not answer the call at all (timeout, outage): every request may be retried."""
 
 
 class IdempotencyConflict(Exception):
@@ -31,6 +37,7 @@ class IdempotencyConflict(Exception):
 
 
 class PaymentGateway(Protocol):
-    async def charge(self, request: ChargeRequest) -> ChargeResult:
-        """Charges once per idempotency key: a repeated key returns the first answer."""
+    async def charge(self, requests: pl.DataFrame) -> pl.DataFrame:
+        """Charges each request (REQUEST_SCHEMA) at most once per idempotency key: a repeated key
+        is answered with its first answer. Returns one row per request (ANSWER_SCHEMA)."""
         ...

@@ -1,22 +1,30 @@
 """The simulated gateway: deterministic answers from the token, real idempotency on disk.
 
-`decline_<code>` tokens are declined with <code>; `error_...` tokens raise a retryable
-GatewayError; anything else is approved, unless a configured random decline rate says
-otherwise (decided by a hash of the key, so a resent request gets the same answer).
-Answers are kept in a SQLite file by idempotency key, committed before the answer is
-returned, like a real gateway (synchronous=OFF: a killed process loses nothing committed, only a
-machine crash could, which a simulation need not survive): a killed and rerun pipeline that resends a key is answered from
-the record and nobody is charged twice. `captured` counts the money really taken per key.
+`decline_<code>` tokens are declined with <code>; `error_...` tokens get a retryable `error`
+answer; anything else is approved, unless a configured random decline rate says otherwise
+(decided by a seeded hash of the key). Each call waits `latency_s` (one round trip), then
+decides the whole batch at once with Polars.
+
+Answers are kept in a SQLite file by idempotency key, committed (one transaction per call)
+before they are returned, like a real gateway: a killed and rerun pipeline that resends a key is
+answered from the record and nobody is charged twice. synchronous=OFF: a killed process loses
+nothing committed, only a machine crash could, which a simulation need not survive.
+`captured` is the money really taken per key.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import json
 import sqlite3
 from pathlib import Path
 
-from billing_pipeline.gateway.interface import ChargeRequest, ChargeResult, GatewayError, IdempotencyConflict
+import polars as pl
+
+from billing_pipeline.gateway.interface import ANSWER_SCHEMA, IdempotencyConflict
+
+STORED = ["idempotency_key", "customer_id", "payment_method_id", "amount_cents", "outcome", "decline_code",
+          "reference"]
 
 
 class SimulatedGateway:
@@ -35,38 +43,54 @@ class SimulatedGateway:
     def close(self) -> None:
         self._db.close()
 
-    async def charge(self, request: ChargeRequest) -> ChargeResult:
+    async def charge(self, requests: pl.DataFrame) -> pl.DataFrame:
         if self.latency_s:
             await asyncio.sleep(self.latency_s)
-        if request.token.startswith("error_"):
-            raise GatewayError(f"gateway error for token {request.token}")
-        result = self._decide(request)
-        inserted = self._db.execute(
-            "INSERT INTO charges (idempotency_key, customer_id, payment_method_id, amount_cents, outcome, "
-            "decline_code, reference) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING",
-            (request.idempotency_key, request.customer_id, request.payment_method_id, request.amount_cents,
-             result.outcome, result.decline_code, result.reference)).rowcount
-        if inserted:
-            return result
-        # The key was seen before: answer what was answered then, and charge nothing.
-        seen = self._db.execute(
-            "SELECT amount_cents, payment_method_id, outcome, decline_code, reference FROM charges "
-            "WHERE idempotency_key = ?", (request.idempotency_key,)).fetchone()
-        if (seen[0], seen[1]) != (request.amount_cents, request.payment_method_id):
-            raise IdempotencyConflict(f"key {request.idempotency_key} was used for another request")
-        self._db.execute("UPDATE charges SET times_requested = times_requested + 1 WHERE idempotency_key = ?",
-                         (request.idempotency_key,))
-        return ChargeResult(seen[2], seen[3], seen[4])
+        failing = pl.col("token").str.starts_with("error_")
+        errors = requests.filter(failing).select(
+            "idempotency_key", pl.lit("error").alias("outcome"), pl.lit(None, pl.String).alias("decline_code"),
+            pl.lit(None, pl.String).alias("reference"), pl.format("gateway error for token {}", "token").alias("message"))
+        answered = self._store(self.decide(requests.filter(~failing)))
+        return pl.concat([errors, answered.with_columns(pl.lit(None, pl.String).alias("message"))]).cast(ANSWER_SCHEMA)
 
-    def _decide(self, request: ChargeRequest) -> ChargeResult:
-        reference = "sim_" + hashlib.sha256(request.idempotency_key.encode()).hexdigest()[:16]
-        if request.token.startswith("decline_"):
-            return ChargeResult("declined", request.token.removeprefix("decline_"), reference)
-        if self.decline_rate > 0:
-            digest = hashlib.sha256(f"{self.seed}:{request.idempotency_key}".encode()).digest()
-            if int.from_bytes(digest[:8], "big") / 2**64 < self.decline_rate:
-                return ChargeResult("declined", "do_not_honor", reference)
-        return ChargeResult("approved", None, reference)
+    def decide(self, requests: pl.DataFrame) -> pl.DataFrame:
+        """The answer to each request if its key is new."""
+        by_token = pl.col("token").str.starts_with("decline_")
+        at_random = (pl.col("idempotency_key").hash(self.seed).cast(pl.Float64) / 2.0**64) < self.decline_rate
+        return requests.select(
+            "idempotency_key", "customer_id", "payment_method_id", "amount_cents",
+            pl.when(by_token | at_random).then(pl.lit("declined")).otherwise(pl.lit("approved")).alias("outcome"),
+            pl.when(by_token).then(pl.col("token").str.strip_prefix("decline_"))
+            .when(at_random).then(pl.lit("do_not_honor")).alias("decline_code"),
+            pl.format("sim_{}", pl.col("idempotency_key").hash(self.seed + 1)).alias("reference"))
+
+    def _store(self, decided: pl.DataFrame) -> pl.DataFrame:
+        """Records the answers of new keys and returns, for every key, the answer on record."""
+        db, key = self._db, "idempotency_key"
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            seen = pl.DataFrame(db.execute(
+                f"SELECT {', '.join(STORED)} FROM charges WHERE idempotency_key IN (SELECT value FROM json_each(?))",
+                (json.dumps(decided.get_column(key).to_list()),)).fetchall(),
+                schema={c: decided.schema[c] for c in STORED}, orient="row")
+            if seen.height:
+                conflict = seen.join(decided, on=key).filter(
+                    (pl.col("amount_cents") != pl.col("amount_cents_right"))
+                    | (pl.col("payment_method_id") != pl.col("payment_method_id_right")))
+                if conflict.height:
+                    raise IdempotencyConflict(f"key {conflict.item(0, key)} was used for another request")
+                # A key seen before is answered as it was then, and charged nothing.
+                db.execute("UPDATE charges SET times_requested = times_requested + 1 "
+                           "WHERE idempotency_key IN (SELECT value FROM json_each(?))",
+                           (json.dumps(seen.get_column(key).to_list()),))
+            new = decided.join(seen.select(key), on=key, how="anti")
+            db.executemany(f"INSERT INTO charges ({', '.join(STORED)}) VALUES ({', '.join('?' * len(STORED))})",
+                           new.select(STORED).iter_rows())
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return pl.concat([new, seen]).select(key, "outcome", "decline_code", "reference")
 
     def captured(self) -> dict[str, int]:
         """Money actually taken, by idempotency key (approved charges)."""
