@@ -40,11 +40,7 @@ def build(n: int):
         pl.when(pl.col("i") % 4 == 0).then(150).otherwise(0).cast(pl.Int64).alias("surcharge_cents"),
         pl.lit("SURCHARGE").alias("surcharge_product_id"),
     )
-    requests = frame.select("idempotency_key", "customer_id", "payment_method_id", "token",
-                            pl.col("amount_cents") + pl.col("surcharge_cents"))
-    by_key = frame.select("idempotency_key", "business_date", "facility_id", "customer_id", "payment_method_id",
-                          "amount_cents", "surcharge_cents", "surcharge_product_id")
-    return requests, by_key
+    return frame.with_columns((pl.col("amount_cents") + pl.col("surcharge_cents")).alias("charge_cents"))
 
 
 def measure(n: int, max_in_flight: int, batch_size: int, latency_s: float, record_mode: str, workdir: Path) -> dict:
@@ -57,7 +53,7 @@ def measure(n: int, max_in_flight: int, batch_size: int, latency_s: float, recor
     from billing_pipeline.warehouse.store import insert, transaction
 
     tag = f"n{n}-m{max_in_flight}-b{batch_size}-l{latency_s}-{record_mode}"
-    requests, by_key = build(n)
+    requests = build(n)
     conn = duckdb.connect(str(workdir / f"{tag}.duckdb"))
     conn.execute(resources.files("billing_pipeline.warehouse").joinpath("schema.sql").read_text())
     gateway = SimulatedGateway(workdir / f"{tag}.gateway.sqlite", latency_s=latency_s)
@@ -65,7 +61,7 @@ def measure(n: int, max_in_flight: int, batch_size: int, latency_s: float, recor
 
     def record(outcomes: pl.DataFrame) -> None:  # as in cycle.charge
         started = time.perf_counter()
-        attempts = by_key.join(outcomes, on="idempotency_key").rename({"reference": "gateway_reference"})
+        attempts = outcomes.drop("token", "charge_cents").rename({"reference": "gateway_reference"})
         with transaction(conn):
             insert(conn, "billing_attempts", attempts.drop("surcharge_product_id"))
             ledger.post_entries(conn, ledger.billing_entries(attempts.filter(pl.col("outcome") == "approved")))

@@ -280,13 +280,12 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
         SELECT r.* FROM charge_requests r JOIN _days d USING (facility_id, business_date)
         ANTI JOIN billing_attempts a USING (idempotency_key) ORDER BY r.idempotency_key""",
                     _days=days.select("facility_id", "business_date"))
-    requests = pending.select("idempotency_key", "customer_id", "payment_method_id", "token",
-                              (pl.col("amount_cents") + pl.col("surcharge_cents")).alias("amount_cents"))
-    by_key = pending.select("idempotency_key", "business_date", "facility_id", "customer_id", "payment_method_id",
-                            "amount_cents", "surcharge_cents", "surcharge_product_id")
+    requests = pending.select("idempotency_key", "business_date", "facility_id", "customer_id", "payment_method_id",
+                              "token", "amount_cents", "surcharge_cents", "surcharge_product_id",
+                              (pl.col("amount_cents") + pl.col("surcharge_cents")).alias("charge_cents"))
 
     def record(outcomes: pl.DataFrame) -> None:
-        attempts = by_key.join(outcomes, on="idempotency_key").rename({"reference": "gateway_reference"})
+        attempts = outcomes.drop("token", "charge_cents").rename({"reference": "gateway_reference"})
         with transaction(conn):
             insert(conn, "billing_attempts", attempts.drop("surcharge_product_id"))
             ledger.post_entries(conn, ledger.billing_entries(attempts.filter(pl.col("outcome") == "approved")))

@@ -12,7 +12,7 @@ from billing_pipeline.gateway import GatewayError, IdempotencyConflict, Simulate
 def requests(*rows):
     """rows: (key, token, amount)"""
     return pl.DataFrame([{"idempotency_key": k, "customer_id": f"C-{k}", "payment_method_id": f"PM-{k}", "token": t,
-                          "amount_cents": a} for k, t, a in rows])
+                          "charge_cents": a} for k, t, a in rows])
 
 
 def answers(gateway, *rows):

@@ -16,7 +16,7 @@ REQUEST_SCHEMA = {
     "customer_id": pl.String,
     "payment_method_id": pl.String,
     "token": pl.String,
-    "amount_cents": pl.Int64,  # the whole amount charged: balance plus surcharge
+    "charge_cents": pl.Int64,  # the whole amount charged: balance plus surcharge
 }
 
 ANSWER_SCHEMA = {

@@ -58,7 +58,7 @@ class SimulatedGateway:
         by_token = pl.col("token").str.starts_with("decline_")
         at_random = (pl.col("idempotency_key").hash(self.seed).cast(pl.Float64) / 2.0**64) < self.decline_rate
         return requests.select(
-            "idempotency_key", "customer_id", "payment_method_id", "amount_cents",
+            "idempotency_key", "customer_id", "payment_method_id", pl.col("charge_cents").alias("amount_cents"),
             pl.when(by_token | at_random).then(pl.lit("declined")).otherwise(pl.lit("approved")).alias("outcome"),
             pl.when(by_token).then(pl.col("token").str.strip_prefix("decline_"))
             .when(at_random).then(pl.lit("do_not_honor")).alias("decline_code"),
