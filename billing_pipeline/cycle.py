@@ -40,18 +40,22 @@ class Night:
         self.facility_days = facility_days
 
     @cached_property
+    def keyed_contracts(self) -> pl.DataFrame:
+        return contract_status.with_contract_key(self.inputs.contracts)
+
+    @cached_property
     def changes(self) -> pl.DataFrame:
-        return contract_status.applied_changes(self.inputs.contracts.lazy(), self.inputs.status_changes.lazy()).collect()
+        return contract_status.applied_changes(self.keyed_contracts.lazy(), self.inputs.status_changes.lazy()).collect()
 
     @cached_property
     def timeline(self) -> pl.DataFrame:
-        return contract_status.status_timeline(self.inputs.contracts.lazy(), self.changes.lazy()).collect()
+        return contract_status.status_timeline(self.keyed_contracts.lazy(), self.changes.lazy()).collect()
 
     @cached_property
     def contracts(self) -> pl.DataFrame:
         """The batch's contracts with plan, customer, facility and their status on D."""
         i = self.inputs
-        processed = dues.contracts_for_days(i.contracts.lazy(), i.customers.lazy(), i.facilities.lazy(),
+        processed = dues.contracts_for_days(self.keyed_contracts.lazy(), i.customers.lazy(), i.facilities.lazy(),
                                             i.plans.lazy(), self.facility_days.lazy())
         return contract_status.status_on(self.timeline.lazy(), processed, "business_date").collect()
 
@@ -79,11 +83,11 @@ class Night:
         own = self.contracts.select(columns)
         # Contracts processed elsewhere (another facility's window) but owned by these customers.
         elsewhere = (
-            i.contracts.filter(
+            self.keyed_contracts.filter(
                 ~pl.col("facility_id").is_in(self.facility_days.get_column("facility_id").implode())
                 # a contract of an unknown facility is processed at its customer's home: it is "own"
                 & pl.col("facility_id").is_in(i.facilities.get_column("facility_id").implode()))
-            .select("contract_id", "customer_id", "plan_id", "dues_cents")
+            .select("contract_id", "contract_key", "customer_id", "plan_id", "dues_cents")
             .join(self.customer_keys, on="customer_id")
             .join(i.plans.select("plan_id", "contract_type", pl.col("dues_cents").alias("plan_dues_cents")),
                   on="plan_id", how="left")

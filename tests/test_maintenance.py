@@ -28,10 +28,12 @@ def tables(contracts: list[dict], changes: list[dict]) -> dict[str, pl.DataFrame
 def status_by_date(contracts: list[dict], changes: list[dict], dates: list[dt.date]) -> dict[tuple[str, dt.date], str]:
     """(contract_id, D) -> status on D, wired as the nightly cycle wires the rules."""
     t = tables(contracts, changes)
-    applied = contract_status.applied_changes(t["contracts"].lazy(), t["status_changes"].lazy())
-    timeline = contract_status.status_timeline(t["contracts"].lazy(), applied)
+    keyed = contract_status.with_contract_key(t["contracts"])
+    applied = contract_status.applied_changes(keyed.lazy(), t["status_changes"].lazy())
+    timeline = contract_status.status_timeline(keyed.lazy(), applied)
     pairs = pl.DataFrame([(c["contract_id"], d) for c in contracts for d in dates], orient="row",
                          schema={"contract_id": pl.String, "business_date": pl.Date})
+    pairs = pairs.join(keyed.select("contract_id", "contract_key"), on="contract_id")
     out = contract_status.status_on(timeline, pairs.lazy(), "business_date").collect()
     return {(r["contract_id"], r["business_date"]): r["status"] for r in out.iter_rows(named=True)}
 
@@ -43,7 +45,8 @@ def status(contract_row: dict, changes: list[dict], day: dt.date) -> str:
 def reported(contracts: list[dict], changes: list[dict], processed: list[dt.date]) -> list[tuple[dt.date, str]]:
     """(business_date, change_id) of not_applicable errors over nightly runs on the processed dates."""
     t = tables(contracts, changes)
-    applied = contract_status.applied_changes(t["contracts"].lazy(), t["status_changes"].lazy())
+    keyed = contract_status.with_contract_key(t["contracts"])
+    applied = contract_status.applied_changes(keyed.lazy(), t["status_changes"].lazy())
     with_facility = applied.join(t["contracts"].lazy().select("contract_id", "facility_id"), on="contract_id")
     # One row per nightly run, each with the facility's previous processed date (a batch of nights
     # gives the same rows as running them one by one: each row is judged on its own).

@@ -8,6 +8,10 @@ contract frozen, an ignored thaw leaves it active, so "the last one wins" holds)
 
 The result is a timeline: one row per (contract, valid_from) with the status from that date.
 The status on date D is the timeline row with the latest valid_from <= D (`status_on`).
+
+Contracts carry `contract_key`, their row number in the export (`with_contract_key`): timelines
+are sorted, grouped and joined on it, an integer, which at 10M contracts is several times
+faster than on the contract_id string.
 """
 
 from __future__ import annotations
@@ -21,21 +25,27 @@ ALIVE = ["pending", "active", "frozen"]
 BEGINNING = dt.date(1900, 1, 1)
 
 
+def with_contract_key(contracts: pl.DataFrame) -> pl.DataFrame:
+    """The export's contracts with `contract_key`, their row number: the integer the rules join on."""
+    return contracts.with_row_index("contract_key")
+
+
 def applied_changes(contracts: pl.LazyFrame, status_changes: pl.LazyFrame) -> pl.LazyFrame:
     """Every status change of a known contract with `state_before` and `applies`."""
-    base = contracts.select("contract_id", pl.col("status").alias("base_status"), "start_date", "end_date")
+    base = contracts.select("contract_id", "contract_key", pl.col("status").alias("base_status"), "start_date",
+                            "end_date")
     ordered = (
         status_changes.join(base, on="contract_id", how="inner")
-        .sort("contract_id", "effective_date", "requested_at", "change_id")
+        .sort("contract_key", "effective_date", "requested_at", "change_id")
     )
     eff, kind, base_status = pl.col("effective_date"), pl.col("kind"), pl.col("base_status")
     counts_for_freeze_thaw = kind.is_in(["freeze", "thaw"]) & (
         (base_status != "pending") | (eff >= pl.col("start_date")))
     last_freeze_thaw = (
         pl.when(counts_for_freeze_thaw).then(kind).otherwise(None)
-        .shift(1).forward_fill().over("contract_id")
+        .shift(1).forward_fill().over("contract_key")
     )
-    earlier_terminates = (kind == "terminate").cast(pl.Int32).cum_sum().shift(1, fill_value=0).over("contract_id")
+    earlier_terminates = (kind == "terminate").cast(pl.Int32).cum_sum().shift(1, fill_value=0).over("contract_key")
     state_before = (
         pl.when(base_status.is_in(["terminated", "concluded"])).then(base_status)
         .when(pl.col("end_date").is_not_null() & (eff > pl.col("end_date"))).then(pl.lit("concluded"))
@@ -55,29 +65,29 @@ def applied_changes(contracts: pl.LazyFrame, status_changes: pl.LazyFrame) -> pl
 
 
 def status_timeline(contracts: pl.LazyFrame, changes: pl.LazyFrame) -> pl.LazyFrame:
-    """(contract_id, valid_from, status): the status from valid_from on, latest row wins.
+    """(contract_key, valid_from, status): the status from valid_from on, latest row wins.
 
     `changes` is the output of `applied_changes`. Within one date the order is: base, start of a
     pending contract, the day's changes in requested_at order, then conclusion.
     """
-    c = contracts.select("contract_id", "status", "start_date", "end_date")
+    c = contracts.select("contract_key", "status", "start_date", "end_date")
     first_terminate = (
         changes.filter(pl.col("applies") & (pl.col("kind") == "terminate"))
-        .group_by("contract_id").agg(pl.col("effective_date").min().alias("terminated_on"))
+        .group_by("contract_key").agg(pl.col("effective_date").min().alias("terminated_on"))
     )
-    base = c.select("contract_id", pl.lit(BEGINNING).alias("valid_from"), pl.lit(0).alias("seq"), "status")
+    base = c.select("contract_key", pl.lit(BEGINNING).alias("valid_from"), pl.lit(0).alias("seq"), "status")
     started = c.filter(pl.col("status") == "pending").select(
-        "contract_id", pl.col("start_date").alias("valid_from"), pl.lit(1).alias("seq"), pl.lit("active").alias("status"))
+        "contract_key", pl.col("start_date").alias("valid_from"), pl.lit(1).alias("seq"), pl.lit("active").alias("status"))
     changed = changes.filter(pl.col("applies")).select(
-        "contract_id", pl.col("effective_date").alias("valid_from"),
-        (pl.int_range(pl.len()).over("contract_id") + 2).cast(pl.Int32).alias("seq"),
+        "contract_key", pl.col("effective_date").alias("valid_from"),
+        (pl.int_range(pl.len()).over("contract_key") + 2).cast(pl.Int32).alias("seq"),
         pl.col("kind").replace_strict({"freeze": "frozen", "thaw": "active", "terminate": "terminated"},
                                       return_dtype=pl.String).alias("status"))
     concluded = (
         c.filter(pl.col("status").is_in(ALIVE) & pl.col("end_date").is_not_null())
-        .join(first_terminate, on="contract_id", how="left")
+        .join(first_terminate, on="contract_key", how="left")
         .filter(pl.col("terminated_on").is_null() | (pl.col("terminated_on") > pl.col("end_date")))
-        .select("contract_id", (pl.col("end_date") + pl.duration(days=1)).alias("valid_from"),
+        .select("contract_key", (pl.col("end_date") + pl.duration(days=1)).alias("valid_from"),
                 pl.lit(1_000_000).alias("seq"), pl.lit("concluded").alias("status"))
     )
     rows = pl.concat([base, started.with_columns(pl.col("seq").cast(pl.Int32)),
@@ -86,23 +96,22 @@ def status_timeline(contracts: pl.LazyFrame, changes: pl.LazyFrame) -> pl.LazyFr
     # Nothing follows a termination or a conclusion.
     final = (
         rows.filter(pl.col("status").is_in(["terminated", "concluded"]) & (pl.col("seq") > 0))
-        .group_by("contract_id").agg(pl.col("valid_from").min().alias("final_from"))
+        .group_by("contract_key").agg(pl.col("valid_from").min().alias("final_from"))
     )
     return (
-        rows.join(final, on="contract_id", how="left")
+        rows.join(final, on="contract_key", how="left")
         .filter(pl.col("final_from").is_null() | (pl.col("valid_from") <= pl.col("final_from")))
-        .sort("contract_id", "valid_from", "seq")
-        .group_by("contract_id", "valid_from", maintain_order=True).agg(pl.col("status").last())
-        .sort("contract_id", "valid_from")
+        .sort("contract_key", "valid_from", "seq")
+        .group_by("contract_key", "valid_from", maintain_order=True).agg(pl.col("status").last())
     )
 
 
 def status_on(timeline: pl.LazyFrame, pairs: pl.LazyFrame, date_col: str) -> pl.LazyFrame:
-    """`pairs` (contract_id, <date_col>, ...) with the contract's `status` on that date."""
+    """`pairs` (contract_key, <date_col>, ...) with the contract's `status` on that date."""
     return (
         pairs.sort(date_col)
         .join_asof(timeline.sort("valid_from"), left_on=date_col, right_on="valid_from",
-                   by="contract_id", strategy="backward", check_sortedness=False)
+                   by="contract_key", strategy="backward", check_sortedness=False)
         .drop("valid_from")
     )
 

@@ -102,15 +102,15 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
     """
     # Nothing bills from a termination or conclusion on: the window ends the day before.
     ends = (timeline.filter(pl.col("status").is_in(["terminated", "concluded"]))
-            .group_by("contract_id").agg(pl.col("valid_from").min().alias("ends_on")))
-    schedule_inputs = ["business_date", "facility_id", "contract_id", "customer_id", "frequency", "schedule",
+            .group_by("contract_key").agg(pl.col("valid_from").min().alias("ends_on")))
+    schedule_inputs = ["business_date", "facility_id", "contract_id", "contract_key", "customer_id", "frequency", "schedule",
                        "start_date", "first_bill_date", "weekly_billing_day", "monthly_billing_day",
                        "amount_cents", "freeze_fee_cents"]
     # Materialized at each stage: the later ones (explode, status on each bill date, errors)
     # read them several times, and a lazy plan would recompute them for every reader.
     windows = (
         processed.select(schedule_inputs).join(last_posted, on="contract_id", how="left")
-        .join(ends, on="contract_id", how="left")
+        .join(ends, on="contract_key", how="left")
         .with_columns(pl.min_horizontal("business_date", pl.col("ends_on") - pl.duration(days=1)).alias("through"))
         .pipe(bill_dates.with_schedule)
         .pipe(bill_dates.with_count_between, "last_bill_date", "through", "n_dates")
