@@ -86,7 +86,7 @@ def data_errors(processed: pl.LazyFrame, duplicate_customers: pl.LazyFrame) -> p
     ]
     parts = [
         c.filter(cond.fill_null(False)).select(
-            "business_date", "facility_id", "contract_id", "customer_id",
+            "business_date", "facility_id", "contract_id", "contract_key", "customer_id",
             pl.lit(code).alias("error_code"), msg.alias("message"))
         for code, cond, msg in checks
     ]
@@ -118,7 +118,9 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
     ).collect().lazy()
     expanded = bill_dates.explode_bill_dates(windows.filter(pl.col("n_dates") <= EXPANSION_CAP),
                                              "last_bill_date", "through")
-    with_status = status_on(timeline, expanded, "bill_date")
+    # Only the exploded contracts' timelines: status_on sorts what it is given.
+    with_status = status_on(timeline.join(windows.select("contract_key"), on="contract_key", how="semi"),
+                            expanded, "bill_date")
     periods = (
         with_status.with_columns(
             pl.when(pl.col("status") == "active").then(pl.lit("dues"))
@@ -127,17 +129,18 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
         .filter(pl.col("kind").is_not_null())
         .with_columns(pl.when(pl.col("kind") == "dues").then(pl.col("amount_cents"))
                       .otherwise(pl.col("freeze_fee_cents")).alias("amount_cents"))
-        .select(DUE_COLUMNS)
+        .select(*DUE_COLUMNS, "contract_key")
     ).collect().lazy()
-    counts = periods.group_by("contract_id").agg(
+    counts = periods.group_by("contract_key").agg(
         pl.len().cast(pl.Int64).alias("n_periods"), pl.col("bill_date").min().alias("first"), pl.col("bill_date").max().alias("last"))
     overflow = windows.filter(pl.col("n_dates") > EXPANSION_CAP).select(
-        "contract_id", pl.col("n_dates").alias("n_periods"), pl.lit(None, pl.Date).alias("first"),
+        "contract_key", pl.col("n_dates").alias("n_periods"), pl.lit(None, pl.Date).alias("first"),
         pl.col("business_date").alias("last"))
     too_many = (
         pl.concat([counts.filter(pl.col("n_periods") > MAX_MISSED_PERIODS), overflow], how="vertical")
-        .join(processed.select("business_date", "facility_id", "contract_id", "customer_id"), on="contract_id")
-        .select("business_date", "facility_id", "contract_id", "customer_id",
+        .join(processed.select("business_date", "facility_id", "contract_id", "contract_key", "customer_id"),
+              on="contract_key")
+        .select("business_date", "facility_id", "contract_id", "contract_key", "customer_id",
                 pl.lit("too_many_missed_periods").alias("error_code"),
                 pl.format("{} unposted periods through {} (more than {}): set first_bill_date or post them manually",
                           "n_periods", "last", pl.lit(MAX_MISSED_PERIODS)).alias("message"))
@@ -154,19 +157,19 @@ def post_dues(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl.L
     errors = data_errors(processed, duplicate_customers).collect().lazy()
     schedulable = processed.filter(pl.col("plan_known"))
     periods, too_many = due_periods(schedulable, last_posted, timeline)
-    in_effect_today = processed.filter(pl.col("status").is_in(IN_EFFECT)).select("contract_id")
-    has_periods = periods.select("contract_id").unique()
-    alive = processed.filter(pl.col("exported_status").is_in(ALIVE)).select("contract_id")
+    in_effect_today = processed.filter(pl.col("status").is_in(IN_EFFECT)).select("contract_key")
+    has_periods = periods.select("contract_key").unique()
+    alive = processed.filter(pl.col("exported_status").is_in(ALIVE)).select("contract_key")
     # Data errors are reported for contracts that matter tonight: alive in the export, in effect,
     # or owing periods; a contract that ended long ago is not reported every night.
     relevant = pl.concat([in_effect_today, has_periods, alive]).unique()
-    errors = pl.concat([errors.join(relevant, on="contract_id", how="semi"), too_many],
+    errors = pl.concat([errors.join(relevant, on="contract_key", how="semi"), too_many],
                        how="vertical").collect().lazy()
-    blocking_codes = errors.filter(pl.col("error_code") != "duplicate_contract").select("contract_id").unique()
-    due = periods.join(blocking_codes, on="contract_id", how="anti")
-    postings = due.join(errors.select("contract_id").unique(), on="contract_id", how="anti")
+    blocking_codes = errors.filter(pl.col("error_code") != "duplicate_contract").select("contract_key").unique()
+    due = periods.join(blocking_codes, on="contract_key", how="anti")
+    postings = due.join(errors.select("contract_key").unique(), on="contract_key", how="anti")
     return {
-        "due_contracts": due.sort("facility_id", "contract_id", "bill_date"),
-        "dues_postings": postings.sort("facility_id", "contract_id", "bill_date"),
+        "due_contracts": due.select(DUE_COLUMNS).sort("facility_id", "contract_id", "bill_date"),
+        "dues_postings": postings.select(DUE_COLUMNS).sort("facility_id", "contract_id", "bill_date"),
         "dues_posting_errors": errors.select(ERROR_COLUMNS).sort("facility_id", "contract_id", "error_code"),
     }
