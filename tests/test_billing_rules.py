@@ -30,9 +30,9 @@ def customer_days(day: dt.date, customer_ids: list[str], **settings_) -> pl.Data
     """As the cycle builds them: customers of the facility-day with the facility's billing settings."""
     fac = pl.DataFrame([facility(**settings_)], schema=TABLES["facilities"].dtypes)
     cust = pl.DataFrame([customer(c) for c in customer_ids], schema=TABLES["customers"].dtypes)
-    return (cust.select("customer_id", "facility_id")
-            .join(pl.DataFrame({"facility_id": ["F1"], "business_date": [day]}), on="facility_id")
-            .join(fac.drop("name", "timezone"), on="facility_id"))
+    days = pl.DataFrame({"facility_id": ["F1"], "business_date": [day]})
+    settings = rules.facility_day_settings(days.lazy(), fac.lazy())
+    return cust.lazy().select("customer_id", "facility_id").join(settings, on="facility_id").collect()
 
 
 def billable(day: dt.date = DAY, *, balance: dict[str, int], due: dict[str, tuple[int, int]] | None = None,

@@ -24,11 +24,22 @@ def is_fixed_sweep_day(date: pl.Expr, sweep_days: pl.Expr) -> pl.Expr:
     return (days.list.contains(day) | (month_end & (days.list.max() > day))).fill_null(False)
 
 
+def facility_day_settings(facility_days: pl.LazyFrame, facilities: pl.LazyFrame) -> pl.LazyFrame:
+    """Each facility-day with its facility's billing settings and `fixed_sweep_today`, worked out
+    once per facility-day rather than once per customer."""
+    return (
+        facility_days.select("facility_id", "business_date")
+        .join(facilities.drop("name", "timezone"), on="facility_id")
+        .with_columns(((pl.col("sweep_mode") == "fixed")
+                       & is_fixed_sweep_day(pl.col("business_date"), pl.col("fixed_sweep_days"))).alias("fixed_sweep_today"))
+    )
+
+
 def billable_customers(customer_days: pl.LazyFrame, balances: pl.LazyFrame, due: pl.LazyFrame,
                        last_attempts: pl.LazyFrame, qualifying: pl.LazyFrame) -> pl.LazyFrame:
     """Everyone who would be billed on D before holds, with reasons and balance due now.
 
-    customer_days: customer_id, facility_id, business_date + the facility's sweep settings.
+    customer_days: customer_id + `facility_day_settings` of the home facility's day.
     balances: balance_cents (what was really posted). due: customer_id, business_date,
     due_cents (dues due tonight before holds), posted_cents (what of it posted).
     last_attempts: customer_id, last_attempt_date, last_outcome (latest attempt before D),
@@ -42,25 +53,28 @@ def billable_customers(customer_days: pl.LazyFrame, balances: pl.LazyFrame, due:
         "dues_posted": pl.col("due_cents").is_not_null(),
         "retry": pl.col("last_outcome").is_in(["declined", "error"]) & pl.col("retry_declined_after_days").is_not_null()
         & (days_since >= pl.col("retry_declined_after_days")),
-        "sweep_fixed": (pl.col("sweep_mode") == "fixed") & is_fixed_sweep_day(d, pl.col("fixed_sweep_days")),
+        "sweep_fixed": pl.col("fixed_sweep_today"),
         "sweep_rolling": (pl.col("sweep_mode") == "rolling") & pl.col("rolling_sweep_days").is_not_null()
         & (pl.col("last_billed_date").is_null()
            | ((d - pl.col("last_billed_date")).dt.total_days() >= pl.col("rolling_sweep_days"))),
     }
     keys = ["customer_id", "business_date"]
     before_holds = pl.col("balance_cents") + pl.col("due_cents").fill_null(0) - pl.col("posted_cents").fill_null(0)
+    flags = [f"_{name}" for name in reasons]
     return (
         customer_days.join(balances, on=keys, how="left")
         .join(due, on=keys, how="left")
         .join(last_attempts, on="customer_id", how="left")
         .join(qualifying.select(*keys, pl.lit(True).alias("qualifies")), on=keys, how="left")
-        .with_columns(pl.col("balance_cents").fill_null(0))
-        .with_columns(
-            pl.concat_list([pl.when(cond.fill_null(False)).then(pl.lit(name)).otherwise(None)
-                            for name, cond in reasons.items()]).list.drop_nulls().alias("reasons"))
+        .with_columns(pl.col("balance_cents").fill_null(0),
+                      *[cond.fill_null(False).alias(flag) for flag, cond in zip(flags, reasons.values())])
         .filter(
-            (pl.col("reasons").list.len() > 0) & (before_holds > 0)
+            pl.any_horizontal(flags) & (before_holds > 0)
             & (~pl.col("active_contracts_only") | pl.col("qualifies").fill_null(False)))
+        # the list of reasons only for those billed (a list per row is costly at millions)
+        .with_columns(pl.concat_list([pl.when(pl.col(flag)).then(pl.lit(name)).otherwise(None)
+                                      for flag, name in zip(flags, reasons)]).list.drop_nulls().alias("reasons"))
+        .drop(flags)
     )
 
 
