@@ -231,8 +231,10 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
     qualifying = (night.customer_contracts.filter(pl.col("status").is_in(contract_status.IN_EFFECT)
                                          & pl.col("contract_type").is_in(billable_rules.QUALIFYING_TYPES))
                   .select("customer_id", "business_date").unique())
-    candidates = billable_rules.billable_customers(customer_days.lazy(), balances(conn, night).lazy(), due.lazy(),
-                                                   last_attempts.lazy(), qualifying.lazy()).collect()
+    with_reasons = billable_rules.with_reasons(customer_days.lazy(), due.lazy(), last_attempts.lazy(),
+                                               qualifying.lazy()).collect()
+    owed = balances(conn, night, with_reasons.select("customer_id", "business_date"))
+    candidates = billable_rules.with_balance(with_reasons.lazy(), owed.lazy()).collect()
     flagged = pl.concat([night.duplicates.select("business_date", "customer_id"),
                          night.without_payment_method.select("business_date", "customer_id")]).unique()
     blocks = prebilling.billing_blocks(candidates.lazy(), flagged.lazy(), night.facility_days.lazy(),
@@ -255,8 +257,8 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
     return out
 
 
-def balances(conn: duckdb.DuckDBPyConnection, night: Night) -> pl.DataFrame:
-    keys = night.customer_days.select("customer_id", "business_date")
+def balances(conn: duckdb.DuckDBPyConnection, night: Night, keys: pl.DataFrame) -> pl.DataFrame:
+    """Balance due now of the (customer_id, business_date) keys."""
     sums = ledger.ledger_sums(conn, keys)
     return balance_due_now(keys.lazy(), night.inputs.charges.lazy(), night.inputs.payments.lazy(), sums.lazy()).collect()
 

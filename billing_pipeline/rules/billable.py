@@ -47,6 +47,13 @@ def billable_customers(customer_days: pl.LazyFrame, balances: pl.LazyFrame, due:
     qualifying: customer_id, business_date of customers with a membership / program / pass
     contract in effect on D.
     """
+    return with_balance(with_reasons(customer_days, due, last_attempts, qualifying), balances)
+
+
+def with_reasons(customer_days: pl.LazyFrame, due: pl.LazyFrame, last_attempts: pl.LazyFrame,
+                 qualifying: pl.LazyFrame) -> pl.LazyFrame:
+    """The customers with at least one reason to be billed on D (and a qualifying contract if
+    the facility bills active contracts only): the only ones whose balance needs working out."""
     d = pl.col("business_date")
     days_since = (d - pl.col("last_attempt_date")).dt.total_days()
     reasons = {
@@ -59,22 +66,27 @@ def billable_customers(customer_days: pl.LazyFrame, balances: pl.LazyFrame, due:
            | ((d - pl.col("last_billed_date")).dt.total_days() >= pl.col("rolling_sweep_days"))),
     }
     keys = ["customer_id", "business_date"]
-    before_holds = pl.col("balance_cents") + pl.col("due_cents").fill_null(0) - pl.col("posted_cents").fill_null(0)
     flags = [f"_{name}" for name in reasons]
     return (
-        customer_days.join(balances, on=keys, how="left")
-        .join(due, on=keys, how="left")
+        customer_days.join(due, on=keys, how="left")
         .join(last_attempts, on="customer_id", how="left")
         .join(qualifying.select(*keys, pl.lit(True).alias("qualifies")), on=keys, how="left")
-        .with_columns(pl.col("balance_cents").fill_null(0),
-                      *[cond.fill_null(False).alias(flag) for flag, cond in zip(flags, reasons.values())])
-        .filter(
-            pl.any_horizontal(flags) & (before_holds > 0)
-            & (~pl.col("active_contracts_only") | pl.col("qualifies").fill_null(False)))
-        # the list of reasons only for those billed (a list per row is costly at millions)
+        .with_columns(*[cond.fill_null(False).alias(flag) for flag, cond in zip(flags, reasons.values())])
+        .filter(pl.any_horizontal(flags) & (~pl.col("active_contracts_only") | pl.col("qualifies").fill_null(False)))
+        # the list of reasons only for those kept (a list per row is costly at millions)
         .with_columns(pl.concat_list([pl.when(pl.col(flag)).then(pl.lit(name)).otherwise(None)
                                       for flag, name in zip(flags, reasons)]).list.drop_nulls().alias("reasons"))
         .drop(flags)
+    )
+
+
+def with_balance(with_reasons: pl.LazyFrame, balances: pl.LazyFrame) -> pl.LazyFrame:
+    """Those of `with_reasons` who owe something once tonight's dues are in, with balance_cents."""
+    before_holds = pl.col("balance_cents") + pl.col("due_cents").fill_null(0) - pl.col("posted_cents").fill_null(0)
+    return (
+        with_reasons.join(balances, on=["customer_id", "business_date"], how="left")
+        .with_columns(pl.col("balance_cents").fill_null(0))
+        .filter(before_holds > 0)
     )
 
 
