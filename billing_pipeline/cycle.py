@@ -56,8 +56,8 @@ class Night:
         """The batch's contracts with plan, customer, facility and their status on D."""
         i = self.inputs
         processed = dues.contracts_for_days(self.keyed_contracts.lazy(), i.customers.lazy(), i.facilities.lazy(),
-                                            i.plans.lazy(), self.facility_days.lazy())
-        return contract_status.status_on(self.timeline.lazy(), processed, "business_date").collect()
+                                            i.plans.lazy(), self.facility_days.lazy()).collect()
+        return contract_status.status_on(self.timeline.lazy(), processed.lazy(), "business_date").collect()
 
     @cached_property
     def customer_days(self) -> pl.DataFrame:

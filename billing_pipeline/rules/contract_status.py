@@ -107,13 +107,19 @@ def status_timeline(contracts: pl.LazyFrame, changes: pl.LazyFrame) -> pl.LazyFr
 
 
 def status_on(timeline: pl.LazyFrame, pairs: pl.LazyFrame, date_col: str) -> pl.LazyFrame:
-    """`pairs` (contract_key, <date_col>, ...) with the contract's `status` on that date."""
-    return (
-        pairs.sort(date_col)
+    """`pairs` (contract_key, <date_col>, ...) with the contract's `status` on that date.
+
+    The as-of lookup runs on three narrow columns and its result is put beside `pairs` in their
+    own order: sorting and joining every column of 10M wide rows would copy them twice.
+    """
+    numbered = pairs.with_row_index("_row")
+    found = (
+        numbered.select("_row", "contract_key", date_col).sort(date_col)
         .join_asof(timeline.sort("valid_from"), left_on=date_col, right_on="valid_from",
                    by="contract_key", strategy="backward", check_sortedness=False)
-        .drop("valid_from")
+        .sort("_row").select("status")
     )
+    return pl.concat([numbered.drop("_row"), found], how="horizontal")
 
 
 def status_change_errors(changes: pl.LazyFrame, facility_days: pl.LazyFrame) -> pl.LazyFrame:
