@@ -94,7 +94,7 @@ def measure(n: int, max_in_flight: int, batch_size: int, latency_s: float, recor
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--configs", default="64:1:5000,256:1:20000,2048:512:200000",
+    parser.add_argument("--configs", default="64:64:6400,256:64:25600,8000:2000:400000",
                         help="max_in_flight:batch_size:charges, comma-separated")
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--no-controls", action="store_true")
