@@ -1,6 +1,7 @@
 """The simulated gateway and bounded charging: idempotency, tokens, concurrency bound, retries."""
 
 import asyncio
+import datetime as dt
 
 import polars as pl
 import pytest
@@ -103,3 +104,21 @@ def test_a_failed_call_is_resent_and_charges_once(tmp_path):
     assert outcomes.get_column("outcome").to_list() == ["approved"] * 20
     assert set(outcomes.get_column("tries")) == {2}
     assert gateway.calls == 8 and len(inner.captured()) == 20
+
+
+def test_a_request_waiting_to_be_resent_holds_up_no_other_charge(tmp_path):
+    gateway = SimulatedGateway(tmp_path / "gw.sqlite")
+    chunks = []
+    todo = requests(("k0", "error_timeout", 100), *[(f"k{i}", "tok", 100) for i in range(1, 21)])
+    # One call at a time, and a long backoff: if the wait held the slot, nothing else would go.
+    started = dt.datetime.now(dt.timezone.utc)
+    run_charges(todo, gateway, ChargeSettings(max_in_flight=1, batch_size=1, attempts=2, backoff_s=0.3),
+                chunks.append)
+    outcomes = pl.concat(chunks)
+    failed = outcomes.filter(pl.col("idempotency_key") == "k0").row(0, named=True)
+    others = outcomes.filter(pl.col("idempotency_key") != "k0")
+    assert (failed["outcome"], failed["tries"]) == ("error", 2)
+    assert others.get_column("outcome").to_list() == ["approved"] * 20
+    assert others.get_column("completed_at").max() < failed["completed_at"]
+    # everyone else was charged during k0's first backoff, not after it
+    assert others.get_column("completed_at").max() < started + dt.timedelta(seconds=0.3)
