@@ -204,12 +204,28 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
 def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: CycleSettings) -> dict[str, pl.DataFrame]:
     customer_days = night.customer_days
     keys = customer_days.select("customer_id", "business_date")
+    # Tonight's dues of a customer: those posted by every facility-day (at any facility, in any
+    # time zone) that ran after the home facility's previous run and up to its run tonight. A
+    # contract's facility west of the home runs later, so its dues of D are billed with the home's
+    # D+1 run: the same in Dagster (windows in order) and with `run` (a date at a time).
+    runs = home_runs(conn, night.facility_days)
     due = query(conn, """
-        SELECT k.customer_id, k.business_date, sum(c.amount_cents)::BIGINT AS due_cents,
-               (SELECT sum(p.amount_cents) FROM dues_postings p WHERE p.customer_id = k.customer_id
-                  AND p.business_date = k.business_date)::BIGINT AS posted_cents
-        FROM _keys k JOIN due_contracts c ON c.customer_id = k.customer_id AND c.business_date = k.business_date
-        GROUP BY ALL""", _keys=keys)
+        WITH due AS (SELECT c.customer_id, c.amount_cents, p.run_at FROM due_contracts c
+                     JOIN processed_days p USING (facility_id, business_date) WHERE c.business_date >= $since),
+             posted AS (SELECT c.customer_id, c.amount_cents, p.run_at FROM dues_postings c
+                        JOIN processed_days p USING (facility_id, business_date) WHERE c.business_date >= $since),
+             homes AS (SELECT k.customer_id, k.business_date, r.run_at, r.previous_run_at
+                       FROM _keys k JOIN _runs r USING (facility_id, business_date)),
+             due_tonight AS (SELECT h.customer_id, h.business_date, sum(c.amount_cents)::BIGINT AS due_cents
+                             FROM homes h JOIN due c ON c.customer_id = h.customer_id
+                               AND c.run_at > h.previous_run_at AND c.run_at <= h.run_at GROUP BY ALL),
+             posted_tonight AS (SELECT h.customer_id, h.business_date, sum(c.amount_cents)::BIGINT AS posted_cents
+                                FROM homes h JOIN posted c ON c.customer_id = h.customer_id
+                                  AND c.run_at > h.previous_run_at AND c.run_at <= h.run_at GROUP BY ALL)
+        SELECT d.customer_id, d.business_date, d.due_cents, p.posted_cents
+        FROM due_tonight d LEFT JOIN posted_tonight p USING (customer_id, business_date)""",
+                _keys=customer_days.select("customer_id", "business_date", "facility_id"), _runs=runs,
+                params={"since": earliest_date(runs.get_column("previous_run_at"))})
     last_attempts = query(conn, """
         WITH attempts AS (
             SELECT a.customer_id, arg_max(a.business_date, a.business_date) AS last_attempt_date,
@@ -233,7 +249,7 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
                   .select("customer_id", "business_date").unique())
     with_reasons = billable_rules.with_reasons(customer_days.lazy(), due.lazy(), last_attempts.lazy(),
                                                qualifying.lazy()).collect()
-    owed = balances(conn, night, with_reasons.select("customer_id", "business_date"))
+    owed = balances(conn, night, with_reasons.select("customer_id", "business_date", "run_at"))
     candidates = billable_rules.with_balance(with_reasons.lazy(), owed.lazy()).collect()
     flagged = pl.concat([night.duplicates.select("business_date", "customer_id"),
                          night.without_payment_method.select("business_date", "customer_id")]).unique()
@@ -257,8 +273,26 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
     return out
 
 
+def earliest_date(instants: pl.Series) -> dt.date:
+    """A business date on or before every instant's (time zones differ by a day at most)."""
+    first = instants.min()
+    return first.date() - dt.timedelta(days=1) if first is not None else dt.date.min
+
+
+def home_runs(conn: duckdb.DuckDBPyConnection, facility_days: pl.DataFrame) -> pl.DataFrame:
+    """Each facility-day's run instant, and the run instant of the facility's previous processed
+    day (on its first night, the same instant a day earlier)."""
+    return query(conn, """
+        SELECT d.facility_id, d.business_date, d.run_at,
+               coalesce(max(p.run_at), d.run_at - INTERVAL 1 DAY) AS previous_run_at
+        FROM _days d LEFT JOIN processed_days p
+          ON p.facility_id = d.facility_id AND p.business_date < d.business_date
+        GROUP BY d.facility_id, d.business_date, d.run_at""",
+                 _days=facility_days.select("facility_id", "business_date", "run_at"))
+
+
 def balances(conn: duckdb.DuckDBPyConnection, night: Night, keys: pl.DataFrame) -> pl.DataFrame:
-    """Balance due now of the (customer_id, business_date) keys."""
+    """Balance due now of the (customer_id, business_date, run_at) keys."""
     sums = ledger.ledger_sums(conn, keys)
     return balance_due_now(keys.lazy(), night.inputs.charges.lazy(), night.inputs.payments.lazy(), sums.lazy()).collect()
 

@@ -76,3 +76,13 @@ def write_export(folder: Path, fmt: str = "parquet", **tables: list[dict]) -> Pa
         else:
             frame.write_parquet(folder / f"{name}.parquet")
     return folder
+
+
+def facility_days(facilities: pl.DataFrame, days: dict[str, dt.date], partition_key: str = "window") -> pl.DataFrame:
+    """A batch of facility-days (facility -> business date) sharing one window, each with its
+    real run instant (03:00 in the facility's time zone)."""
+    from billing_pipeline.facility_clock import FACILITY_DAYS_SCHEMA, run_instant
+
+    zones = dict(facilities.select("facility_id", "timezone").iter_rows())
+    return pl.DataFrame([(f, d, partition_key, run_instant(zones[f], d)) for f, d in days.items()],
+                        schema=FACILITY_DAYS_SCHEMA, orient="row")

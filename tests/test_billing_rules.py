@@ -20,7 +20,7 @@ from billing_pipeline.rules import billable as rules
 from billing_pipeline.rules import prebilling
 from billing_pipeline.rules.balance import balance_due_now
 from billing_pipeline.rules.money import percent_of
-from tests.factories import D, card, change, contract, customer, facility, frames, plan
+from tests.factories import D, card, change, contract, customer, facility, facility_days, frames, plan
 
 DAY = D(2026, 4, 15)
 KEYS = {"customer_id": pl.String, "business_date": pl.Date}
@@ -378,8 +378,7 @@ def run_until_billable(day: dt.date, max_share: float = 1.0, **tables: list[dict
     in-memory warehouse (no charging)."""
     t = frames(**tables)
     inputs = Inputs(**{name: t.get(name, pl.DataFrame(schema=spec.dtypes)) for name, spec in TABLES.items()})
-    night = Night(inputs, inputs.facilities.select("facility_id", pl.lit(day).alias("business_date"),
-                                                    pl.lit("window").alias("partition_key")))
+    night = Night(inputs, facility_days(inputs.facilities, {f: day for f in inputs.facilities["facility_id"]}))
     conn = duckdb.connect()
     try:
         conn.execute(resources.files("billing_pipeline.warehouse").joinpath("schema.sql").read_text())
@@ -473,8 +472,7 @@ def test_flagged_share_above_the_limit_blocks_billing_for_everyone_in_the_window
 def night_for(facility_ids: list[str], day: dt.date, **tables: list[dict]) -> Night:
     t = frames(**tables)
     inputs = Inputs(**{name: t.get(name, pl.DataFrame(schema=spec.dtypes)) for name, spec in TABLES.items()})
-    return Night(inputs, pl.DataFrame({"facility_id": facility_ids, "business_date": [day] * len(facility_ids),
-                                       "partition_key": ["window"] * len(facility_ids)}))
+    return Night(inputs, facility_days(inputs.facilities, {f: day for f in facility_ids}))
 
 
 TWO_ZONES = [facility(facility_id="F1", timezone="Europe/Berlin"),

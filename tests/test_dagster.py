@@ -125,3 +125,32 @@ def test_half_hour_zone_facility_lands_in_its_own_window(tmp_path):
               for m in result.get_asset_materialization_events()}
     assert counts["contract_status_daily"] == 1
     assert execute(defs, "2026-03-01-22:00").success
+
+
+def test_contract_in_another_time_zone_than_the_home_is_billed_once_and_alike(tmp_path):
+    """C1 lives at a New York facility and holds a contract at a Los Angeles one. LA's day D runs
+    three hours after New York's, so its dues of D are billed by New York's next run, in Dagster
+    (windows in order) and with `run` alike: once, with the reason dues_posted."""
+    data = write_export(
+        tmp_path / "data",
+        facilities=[facility(facility_id="NY", timezone="America/New_York"),
+                    facility(facility_id="LA", timezone="America/Los_Angeles")],
+        customers=[customer("C1", facility_id="NY")],
+        contracts=[contract("K1", facility_id="LA", start_date=D(2026, 3, 2))],
+        payment_methods=[card("C1")])
+    day, next_day = D(2026, 3, 2), D(2026, 3, 3)
+    windows = sorted({partition_key(run_instant(tz, d)) for tz in ("America/New_York", "America/Los_Angeles")
+                      for d in (day, next_day)})
+    assert len(windows) == 4
+    by_dagster, by_cli = tmp_path / "dagster.duckdb", tmp_path / "cli.duckdb"
+    defs = build_definitions(str(data), str(by_dagster))
+    for key in windows:
+        assert execute(defs, key).success, key
+    run_dates(data, by_cli, day, next_day, None, RunOptions(), echo=lambda _: None)
+    for db in (by_dagster, by_cli):
+        with duckdb.connect(str(db), read_only=True) as conn:
+            billed = conn.sql("SELECT business_date, facility_id, customer_id, reasons, balance_cents "
+                              "FROM billable_customers").fetchall()
+            charged = conn.sql("SELECT business_date, facility_id, amount_cents, outcome FROM billing_attempts").fetchall()
+        assert billed == [(next_day, "NY", "C1", ["dues_posted"], 5000)], db.name
+        assert charged == [(next_day, "NY", 5000, "approved")], db.name

@@ -18,7 +18,7 @@ from billing_pipeline.cycle import Night
 from billing_pipeline.inputs.contract import TABLES
 from billing_pipeline.inputs.load import Inputs
 from billing_pipeline.rules import dues
-from tests.factories import D, card, change, contract, customer, facility, frames, plan
+from tests.factories import D, card, change, contract, customer, facility, facility_days, frames, plan
 
 ERROR_CODES = {"duplicate_contract", "unknown_plan", "unknown_customer", "unknown_facility", "negative_amount",
                "invalid_dates", "too_many_missed_periods"}
@@ -39,10 +39,7 @@ def post_days(days: dict[str, dt.date], last_posted: dict[str, dt.date] | None =
               **tables: list[dict]) -> dict[str, pl.DataFrame]:
     """One batch of facility-days (facility -> its business date), as one vectorized pass."""
     i = inputs(**tables)
-    facility_days = pl.DataFrame({"facility_id": list(days), "business_date": list(days.values()),
-                                  "partition_key": ["window"] * len(days)},
-                                 schema={"facility_id": pl.String, "business_date": pl.Date, "partition_key": pl.String})
-    night = Night(i, facility_days)
+    night = Night(i, facility_days(i.facilities, days))
     last = pl.DataFrame(list((last_posted or {}).items()), orient="row",
                         schema={"contract_id": pl.String, "last_bill_date": pl.Date})
     out = dues.post_dues(night.contracts.lazy(), last.lazy(), night.timeline.lazy(),

@@ -28,8 +28,7 @@ def facility_day_settings(facility_days: pl.LazyFrame, facilities: pl.LazyFrame)
     """Each facility-day with its facility's billing settings and `fixed_sweep_today`, worked out
     once per facility-day rather than once per customer."""
     return (
-        facility_days.select("facility_id", "business_date")
-        .join(facilities.drop("name", "timezone"), on="facility_id")
+        facility_days.join(facilities.drop("name", "timezone"), on="facility_id")
         .with_columns(((pl.col("sweep_mode") == "fixed")
                        & is_fixed_sweep_day(pl.col("business_date"), pl.col("fixed_sweep_days"))).alias("fixed_sweep_today"))
     )

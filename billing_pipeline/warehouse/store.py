@@ -92,12 +92,13 @@ def insert(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> 
     return frame.height
 
 
-def query(conn: duckdb.DuckDBPyConnection, sql: str, **frames: pl.DataFrame) -> pl.DataFrame:
+def query(conn: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None,
+          **frames: pl.DataFrame) -> pl.DataFrame:
     """Runs `sql` with the given frames visible as tables, returns a Polars frame."""
     for name, frame in frames.items():
         register(conn, name, frame)
     try:
-        return conn.sql(sql).pl()
+        return conn.sql(sql, params=params).pl()
     finally:
         for name in frames:
             conn.unregister(name)
