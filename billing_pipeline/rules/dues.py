@@ -48,7 +48,7 @@ def contracts_for_days(contracts: pl.LazyFrame, customers: pl.LazyFrame, facilit
         .drop("facility_id", "home_known")
         .rename({"processing_facility_id": "facility_id"})
     )
-    settings = facilities.select("facility_id", "weekly_billing_day", "monthly_billing_day")
+    settings = facilities.select("facility_id", pl.col("weekly_billing_day", "monthly_billing_day").cast(pl.Int8))
     plan_cols = plans.select("plan_id", "contract_type", "frequency", "schedule",
                              pl.col("dues_cents").alias("plan_dues_cents"), "freeze_fee_cents",
                              pl.lit(True).alias("plan_known"))
@@ -110,7 +110,9 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
     # Materialized at each stage: the later ones (explode, status on each bill date, errors)
     # read them several times, and a lazy plan would recompute them for every reader.
     windows = (
-        processed.select(schedule_inputs).join(last_posted, on="contract_id", how="left")
+        # A contract terminated or concluded in the export is so from the beginning: it never bills.
+        processed.filter(pl.col("exported_status").is_in(ALIVE))
+        .select(schedule_inputs).join(last_posted, on="contract_id", how="left")
         .join(ends, on="contract_key", how="left")
         .with_columns(pl.min_horizontal("business_date", pl.col("ends_on") - pl.duration(days=1)).alias("through"))
         .pipe(bill_dates.with_schedule)
