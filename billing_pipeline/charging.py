@@ -18,12 +18,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from billing_pipeline.gateway.interface import (
-    ANSWER_SCHEMA,
-    REQUEST_SCHEMA,
-    GatewayError,
-    PaymentGateway,
-)
+from billing_pipeline.gateway.interface import ANSWER_SCHEMA, REQUEST_SCHEMA, GatewayError, PaymentGateway
 
 OUTCOME_SCHEMA = {**ANSWER_SCHEMA, "tries": pl.Int32, "completed_at": pl.Datetime("us", "UTC")}
 
