@@ -88,7 +88,7 @@ class Night:
                 ~pl.col("facility_id").is_in(self.facility_days.get_column("facility_id").implode())
                 # a contract of an unknown facility is processed at its customer's home: it is "own"
                 & pl.col("facility_id").is_in(i.facilities.get_column("facility_id").implode()))
-            .select("contract_id", "contract_key", "customer_id", "plan_id", "dues_cents", "end_date")
+            .select("contract_id", "contract_key", "customer_id", "plan_id", "dues_cents")
             .join(self.customer_keys, on="customer_id")
             .join(i.plans.select("plan_id", "contract_type", pl.col("dues_cents").alias("plan_dues_cents")),
                   on="plan_id", how="left")

@@ -33,7 +33,7 @@ def status_by_date(contracts: list[dict], changes: list[dict], dates: list[dt.da
     timeline = contract_status.status_timeline(keyed.lazy(), applied)
     pairs = pl.DataFrame([(c["contract_id"], d) for c in contracts for d in dates], orient="row",
                          schema={"contract_id": pl.String, "business_date": pl.Date})
-    pairs = pairs.join(keyed.select("contract_id", "contract_key", "end_date"), on="contract_id")
+    pairs = pairs.join(keyed.select("contract_id", "contract_key"), on="contract_id")
     out = contract_status.status_on(timeline, pairs.lazy(), "business_date").collect()
     return {(r["contract_id"], r["business_date"]): r["status"] for r in out.iter_rows(named=True)}
 

@@ -68,10 +68,13 @@ def status_timeline(contracts: pl.LazyFrame, changes: pl.LazyFrame) -> pl.LazyFr
     """(contract_key, valid_from, status): the status from valid_from on, latest row wins.
 
     `changes` is the output of `applied_changes`. Within one date the order is: base, start of a
-    pending contract, then the day's changes in requested_at order. The conclusion at end_date is
-    not a row here (it would be one for most of 10M contracts): `status_on` applies it.
+    pending contract, the day's changes in requested_at order, then conclusion.
     """
-    c = contracts.select("contract_key", "status", "start_date")
+    c = contracts.select("contract_key", "status", "start_date", "end_date")
+    first_terminate = (
+        changes.filter(pl.col("applies") & (pl.col("kind") == "terminate"))
+        .group_by("contract_key").agg(pl.col("effective_date").min().alias("terminated_on"))
+    )
     base = c.select("contract_key", pl.lit(BEGINNING).alias("valid_from"), pl.lit(0).alias("seq"), "status")
     started = c.filter(pl.col("status") == "pending").select(
         "contract_key", pl.col("start_date").alias("valid_from"), pl.lit(1).alias("seq"), pl.lit("active").alias("status"))
@@ -80,11 +83,19 @@ def status_timeline(contracts: pl.LazyFrame, changes: pl.LazyFrame) -> pl.LazyFr
         (pl.int_range(pl.len()).over("contract_key") + 2).cast(pl.Int32).alias("seq"),
         pl.col("kind").replace_strict({"freeze": "frozen", "thaw": "active", "terminate": "terminated"},
                                       return_dtype=pl.String).alias("status"))
-    rows = pl.concat([base.with_columns(pl.col("seq").cast(pl.Int32)),
-                      started.with_columns(pl.col("seq").cast(pl.Int32)), changed], how="vertical_relaxed")
-    # Nothing follows a termination.
+    concluded = (
+        c.filter(pl.col("status").is_in(ALIVE) & pl.col("end_date").is_not_null())
+        .join(first_terminate, on="contract_key", how="left")
+        .filter(pl.col("terminated_on").is_null() | (pl.col("terminated_on") > pl.col("end_date")))
+        .select("contract_key", (pl.col("end_date") + pl.duration(days=1)).alias("valid_from"),
+                pl.lit(1_000_000).alias("seq"), pl.lit("concluded").alias("status"))
+    )
+    rows = pl.concat([base, started.with_columns(pl.col("seq").cast(pl.Int32)),
+                      changed, concluded.with_columns(pl.col("seq").cast(pl.Int32))],
+                     how="vertical_relaxed")
+    # Nothing follows a termination or a conclusion.
     final = (
-        rows.filter((pl.col("status") == "terminated") & (pl.col("seq") > 0))
+        rows.filter(pl.col("status").is_in(["terminated", "concluded"]) & (pl.col("seq") > 0))
         .group_by("contract_key").agg(pl.col("valid_from").min().alias("final_from"))
     )
     return (
@@ -95,24 +106,18 @@ def status_timeline(contracts: pl.LazyFrame, changes: pl.LazyFrame) -> pl.LazyFr
     )
 
 
-def concluded(status: pl.Expr, on: pl.Expr, end_date: pl.Expr) -> pl.Expr:
-    """A contract alive on a date after its end date is concluded (no change applies after it)."""
-    return pl.when(status.is_in(ALIVE) & end_date.is_not_null() & (on > end_date)).then(
-        pl.lit("concluded")).otherwise(status)
-
-
 def status_on(timeline: pl.LazyFrame, pairs: pl.LazyFrame, date_col: str) -> pl.LazyFrame:
-    """`pairs` (contract_key, end_date, <date_col>, ...) with the contract's `status` on that date.
+    """`pairs` (contract_key, <date_col>, ...) with the contract's `status` on that date.
 
-    The as-of lookup runs on narrow columns and its result is put beside `pairs` in their own
-    order: sorting and joining every column of 10M wide rows would copy them twice.
+    The as-of lookup runs on three narrow columns and its result is put beside `pairs` in their
+    own order: sorting and joining every column of 10M wide rows would copy them twice.
     """
     numbered = pairs.with_row_index("_row")
     found = (
-        numbered.select("_row", "contract_key", "end_date", date_col).sort(date_col)
+        numbered.select("_row", "contract_key", date_col).sort(date_col)
         .join_asof(timeline.sort("valid_from"), left_on=date_col, right_on="valid_from",
                    by="contract_key", strategy="backward", check_sortedness=False)
-        .sort("_row").select(concluded(pl.col("status"), pl.col(date_col), pl.col("end_date")).alias("status"))
+        .sort("_row").select("status")
     )
     return pl.concat([numbered.drop("_row"), found], how="horizontal")
 
