@@ -30,18 +30,9 @@ def days_in_month(year: pl.Expr, month: pl.Expr) -> pl.Expr:
     return base + ((month == 2) & leap).cast(pl.Int64)
 
 
-def first_of_month_days(year: pl.Expr, month: pl.Expr) -> pl.Expr:
-    """Days since 1970-01-01 of the month's first day (Hinnant's days_from_civil, integers only)."""
-    y = year - (month <= 2).cast(pl.Int64)
-    era = y.floordiv(400)
-    yoe = y - era * 400
-    doe = yoe * 365 + yoe.floordiv(4) - yoe.floordiv(100) + (153 * ((month + 9) % 12) + 2).floordiv(5)
-    return era * 146097 + doe - 719468
-
-
 # Every helper below adds columns in stages (with_columns after with_columns) instead of nesting
 # one expression in another: Polars evaluates a nested tree's shared parts once per use, and at
-# 10M contracts a nested schedule took 7 s where the staged one takes about 1 s.
+# 10M contracts the nested schedule took 7.2 s where the staged one takes 3.0 s.
 
 def with_clamped_date(frame: pl.LazyFrame, month_idx: pl.Expr, day: pl.Expr, name: str) -> pl.LazyFrame:
     """Adds `name`: the date in month `month_idx` on `day`, or the month's last day if it is shorter."""
@@ -49,11 +40,10 @@ def with_clamped_date(frame: pl.LazyFrame, month_idx: pl.Expr, day: pl.Expr, nam
     return (
         frame.with_columns(month_idx.alias("_cd_mi"), day.cast(pl.Int64).alias("_cd_day"))
         .with_columns(year.alias("_cd_y"), month.alias("_cd_m"))
-        .with_columns(first_of_month_days(pl.col("_cd_y"), pl.col("_cd_m")).alias("_cd_first"),
-                      days_in_month(pl.col("_cd_y"), pl.col("_cd_m")).alias("_cd_len"))
-        .with_columns((pl.col("_cd_first") + pl.min_horizontal("_cd_day", "_cd_len") - 1)
-                      .cast(pl.Int32).cast(pl.Date).alias(name))
-        .drop("_cd_mi", "_cd_day", "_cd_y", "_cd_m", "_cd_first", "_cd_len")
+        .with_columns(pl.min_horizontal("_cd_day", days_in_month(pl.col("_cd_y"), pl.col("_cd_m"))).alias("_cd_d"))
+        .with_columns(pl.date(pl.col("_cd_y").cast(pl.Int32), pl.col("_cd_m").cast(pl.Int8),
+                              pl.col("_cd_d").cast(pl.Int8)).alias(name))
+        .drop("_cd_mi", "_cd_day", "_cd_y", "_cd_m", "_cd_d")
     )
 
 
