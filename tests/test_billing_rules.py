@@ -52,8 +52,8 @@ def billable(day: dt.date = DAY, *, balance: dict[str, int], due: dict[str, tupl
                               schema={"customer_id": pl.String, "last_attempt_date": pl.Date, "last_outcome": pl.String,
                                       "last_billed_date": pl.Date})
     qual = pl.DataFrame([(c, day) for c in sorted(qualifying or set())], orient="row", schema=KEYS)
-    out = rules.billable_customers(days.lazy(), balances.lazy(), due_frame.lazy(), last_frame.lazy(),
-                                   qual.lazy()).collect()
+    candidates = rules.with_reasons(days.lazy(), due_frame.lazy(), last_frame.lazy(), qual.lazy())
+    out = rules.with_balance(candidates, balances.lazy()).collect()
     assert out["customer_id"].n_unique() == out.height, "at most one row (one attempt) per customer and day"
     return {r["customer_id"]: (sorted(r["reasons"]), r["balance_cents"]) for r in out.iter_rows(named=True)}
 

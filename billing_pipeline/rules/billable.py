@@ -40,25 +40,19 @@ def facility_day_settings(facility_days: pl.LazyFrame, facilities: pl.LazyFrame)
     )
 
 
-def billable_customers(customer_days: pl.LazyFrame, balances: pl.LazyFrame, due: pl.LazyFrame,
-                       last_attempts: pl.LazyFrame, qualifying: pl.LazyFrame) -> pl.LazyFrame:
-    """Everyone who would be billed on D before holds, with reasons and balance due now.
-
-    customer_days: customer_id + `facility_day_settings` of the home facility's day.
-    balances: balance_cents (what was really posted). due: customer_id, business_date,
-    due_cents (dues due tonight before holds), posted_cents (what of it posted).
-    last_attempts: customer_id, last_attempt_date, last_outcome (latest attempt before D),
-    last_billed_date (latest attempt or hold for the customer's own data, for rolling sweeps).
-    qualifying: customer_id, business_date of customers with a membership / program / pass
-    contract in effect on D.
-    """
-    return with_balance(with_reasons(customer_days, due, last_attempts, qualifying), balances)
-
-
 def with_reasons(customer_days: pl.LazyFrame, due: pl.LazyFrame, last_attempts: pl.LazyFrame,
                  qualifying: pl.LazyFrame) -> pl.LazyFrame:
     """The customers with at least one reason to be billed on D (and a qualifying contract if
-    the facility bills active contracts only): the only ones whose balance needs working out."""
+    the facility bills active contracts only): the only ones whose balance needs working out.
+    `with_balance` then keeps those who owe something: everyone billed on D before holds.
+
+    customer_days: customer_id + `facility_day_settings` of the home facility's day.
+    due: customer_id, business_date, due_cents (dues due tonight before holds), posted_cents
+    (what of it posted). last_attempts: customer_id, last_attempt_date, last_outcome (latest
+    attempt before D), last_billed_date (latest attempt or hold for the customer's own data, for
+    rolling sweeps). qualifying: customer_id, business_date of customers with a membership /
+    program / pass contract in effect on D.
+    """
     d = pl.col("business_date")
     days_since = (d - pl.col("last_attempt_date")).dt.total_days()
     reasons = {
@@ -85,11 +79,12 @@ def with_reasons(customer_days: pl.LazyFrame, due: pl.LazyFrame, last_attempts: 
     )
 
 
-def with_balance(with_reasons: pl.LazyFrame, balances: pl.LazyFrame) -> pl.LazyFrame:
-    """Those of `with_reasons` who owe something once tonight's dues are in, with balance_cents."""
+def with_balance(candidates: pl.LazyFrame, balances: pl.LazyFrame) -> pl.LazyFrame:
+    """Those of `with_reasons`' candidates who owe something once tonight's dues are in, with
+    balance_cents (balances: what was really posted)."""
     before_holds = pl.col("balance_cents") + pl.col("due_cents").fill_null(0) - pl.col("posted_cents").fill_null(0)
     return (
-        with_reasons.join(balances, on=["customer_id", "business_date"], how="left")
+        candidates.join(balances, on=["customer_id", "business_date"], how="left")
         .with_columns(pl.col("balance_cents").fill_null(0))
         .filter(before_holds > 0)
     )
