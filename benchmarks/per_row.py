@@ -197,6 +197,7 @@ def per_row_night(rows: dict[str, list[tuple]], day: dt.date) -> dict[str, Any]:
     facilities = {r[0]: r for r in rows["facilities"]}
     plans = {r[0]: r for r in rows["plans"]}
     home = {customer_id: facility_id for customer_id, facility_id in rows["customers"]}
+    first_facility = min(facilities)
     changes_by_contract: dict[str, list[tuple]] = defaultdict(list)
     for change_id, contract_id, kind, effective, requested in rows["status_changes"]:
         changes_by_contract[contract_id].append((effective, requested, change_id, kind))
@@ -218,7 +219,7 @@ def per_row_night(rows: dict[str, list[tuple]], day: dt.date) -> dict[str, Any]:
         contract_id, customer_id, facility_id, plan_id = row[0], row[1], row[2], row[3]
         processing = facility_id if facility_id in facilities else home.get(customer_id)
         if processing is None or processing not in facilities:
-            continue
+            processing = first_facility  # neither exists: the export's first facility reports it
         processed.append((row, processing))
         if today[contract_id] in IN_EFFECT:
             in_effect_by_plan[(customer_id, plan_id)].append(contract_id)

@@ -248,6 +248,24 @@ def test_unknown_facility_is_reported_at_the_customers_home_facility():
         ("F2", "K1", "unknown_facility")]
 
 
+@pytest.mark.parametrize("home", ["C404", "C-HOMELESS"])
+def test_contract_whose_facility_and_home_both_do_not_exist_is_reported_at_the_first_facility(home):
+    """Neither the contract's facility nor its customer's home facility exists: there is no
+    facility to process it, so the export's first facility reports it (in its own window only)."""
+    kw = dict(facilities=[facility(facility_id="F2", name="Other"), facility()],
+              customers=[customer("C1"), customer("C-HOMELESS", facility_id="F-GONE")],
+              contracts=[contract("K1"), contract("K404", customer_id=home, facility_id="F404")])
+    out = post(D(2026, 3, 1), {"K1": D(2026, 2, 1)}, **kw)
+    expected = {"C404": {"unknown_customer", "unknown_facility"}, "C-HOMELESS": {"unknown_facility"}}[home]
+    rows = out["dues_posting_errors"].filter(pl.col("contract_id") == "K404")
+    assert set(rows["error_code"]) == expected
+    assert set(rows.select("facility_id", "business_date").iter_rows()) == {("F1", D(2026, 3, 1))}
+    assert "facility F404 does not exist" in rows["message"].to_list()
+    assert posted(out, "K404") == [] and posted(out, "K1") == [("K1", D(2026, 3, 1), "dues", 5000)]
+    # Only F1's batch reports it: F2 alone (another Dagster window) does not.
+    assert post_days({"F2": D(2026, 3, 1)}, **kw)["dues_posting_errors"].height == 0
+
+
 def test_duplicate_contract_holds_every_contract_of_that_customer():
     out = post(D(2026, 3, 1), {"K1": D(2026, 2, 1), "K1b": D(2026, 2, 1), "K9": D(2026, 2, 1)},
                plans=[plan(), plan(plan_id="PT", name="Personal training", contract_type="program")],
