@@ -209,14 +209,15 @@ def test_holds():
 
 # --- the billing block ----------------------------------------------------------------------------------------
 
-def blocks(per_facility: dict[str, tuple[str, int, int]], share: float = prebilling.DEFAULT_BLOCK_SHARE) -> dict[str, bool]:
-    """facility -> (partition_key, candidates, flagged among them) ==> facility -> blocked."""
+def blocks(per_facility: dict[str, tuple], share: float = prebilling.DEFAULT_BLOCK_SHARE) -> dict[str, bool]:
+    """facility -> (partition_key, candidates, flagged among them[, business date]) ==> facility -> blocked."""
     cand, flagged, days = [], [], []
-    for fid, (key, n, f) in per_facility.items():
+    for fid, (key, n, f, *day) in per_facility.items():
+        day = day[0] if day else DAY
         ids = [f"{fid}-C{i}" for i in range(n)]
-        cand += [(DAY, fid, c) for c in ids]
-        flagged += [(DAY, c) for c in ids[:f]]
-        days.append((DAY, fid, key))
+        cand += [(day, fid, c) for c in ids]
+        flagged += [(day, c) for c in ids[:f]]
+        days.append((day, fid, key))
     cand_f = pl.DataFrame(cand, orient="row", schema={"business_date": pl.Date, "facility_id": pl.String,
                                                       "customer_id": pl.String})
     flag_f = pl.DataFrame(flagged, orient="row", schema={"business_date": pl.Date, "customer_id": pl.String})
@@ -243,6 +244,15 @@ def test_block_share_is_over_the_whole_window():
         "F1": False, "F2": False, "F3": True}
     # And a bad facility blocks its whole window.
     assert blocks({"F1": ("W1", 10, 5), "F2": ("W1", 10, 0)}) == {"F1": True, "F2": True}
+
+
+def test_block_share_is_per_business_date_of_the_window():
+    """A window can hold two business dates (03:00 at UTC+14 and at UTC-10 fall in the same UTC
+    hour, a day apart). The share is that day's, as SPEC 1.6 says, so `run --date` (one date at a
+    time) and the Dagster window decide alike: F9's bad day does not block F1's clean one."""
+    next_day = DAY + dt.timedelta(days=1)
+    assert blocks({"F1": ("W1", 100, 0), "F9": ("W1", 10, 5, next_day)}) == {"F1": False, "F9": True}
+    assert blocks({"F1": ("W1", 100, 0), "F9": ("W1", 10, 5)}) == {"F1": True, "F9": True}  # same day: 4.5%
 
 
 def test_no_one_to_bill_means_no_block():

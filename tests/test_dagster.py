@@ -154,3 +154,41 @@ def test_contract_in_another_time_zone_than_the_home_is_billed_once_and_alike(tm
             charged = conn.sql("SELECT business_date, facility_id, amount_cents, outcome FROM billing_attempts").fetchall()
         assert billed == [(next_day, "NY", "C1", ["dues_posted"], 5000)], db.name
         assert charged == [(next_day, "NY", 5000, "approved")], db.name
+
+
+def test_window_with_two_business_dates_blocks_each_date_apart_and_alike(tmp_path):
+    """03:00 at Kiritimati (UTC+14) on D+1 and at Honolulu (UTC-10) on D are the same instant, so
+    one window holds two business dates. One of Kiritimati's two members has no payment method
+    (50 % flagged); Honolulu's one is clean. Kiritimati's day is blocked, Honolulu's is billed: in the
+    Dagster window, and with `run` a date at a time."""
+    data = write_export(
+        tmp_path / "data",
+        facilities=[facility(facility_id="HNL", timezone="Pacific/Honolulu"),
+                    facility(facility_id="KIR", timezone="Pacific/Kiritimati")],
+        customers=[customer("C1", facility_id="HNL"), customer("C2", facility_id="KIR"),
+                   customer("C3", facility_id="KIR")],
+        contracts=[contract("K1", facility_id="HNL", start_date=D(2026, 3, 2)),
+                   contract("K2", customer_id="C2", facility_id="KIR", start_date=D(2026, 3, 3)),
+                   contract("K3", customer_id="C3", facility_id="KIR", start_date=D(2026, 3, 3))],
+        payment_methods=[card("C1"), card("C3")])
+    day, next_day = D(2026, 3, 2), D(2026, 3, 3)
+    window = partition_key(run_instant("Pacific/Honolulu", day))
+    assert partition_key(run_instant("Pacific/Kiritimati", next_day)) == window
+    by_dagster, by_cli = tmp_path / "dagster.duckdb", tmp_path / "cli.duckdb"
+    result = execute(build_definitions(str(data), str(by_dagster)), window)
+    assert result.success  # one date blocked of two: the check warns, billing runs
+    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
+    check = evaluations["recurring_dues_have_payment_method"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert "charging" in {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
+    run_dates(data, by_cli, day, day, "HNL", RunOptions(), echo=lambda _: None)
+    run_dates(data, by_cli, next_day, next_day, "KIR", RunOptions(), echo=lambda _: None)
+    for db in (by_dagster, by_cli):
+        with duckdb.connect(str(db), read_only=True) as conn:
+            blocks = conn.sql("SELECT facility_id, business_date, window_flagged_share, blocked "
+                              "FROM billing_blocks ORDER BY 1").fetchall()
+            held = conn.sql("SELECT facility_id, customer_id, hold_reason FROM billable_customers ORDER BY 1, 2").fetchall()
+            charged = conn.sql("SELECT facility_id, customer_id, outcome FROM billing_attempts").fetchall()
+        assert blocks == [("HNL", day, 0.0, False), ("KIR", next_day, 0.5, True)], db.name
+        assert held == [("HNL", "C1", None), ("KIR", "C2", "no_payment_method"), ("KIR", "C3", "billing_blocked")], db.name
+        assert charged == [("HNL", "C1", "approved")], db.name

@@ -64,9 +64,10 @@ def billing_blocks(candidates: pl.LazyFrame, flagged: pl.LazyFrame, facility_day
                    max_share: float) -> pl.LazyFrame:
     """Per facility-day: does its window block billing?
 
-    The share is flagged customers among those who would be billed before holds, over the whole
-    window (partition_key), so the Dagster partition and `billing-pipeline run` decide alike.
-    No one to bill: no block.
+    The share is flagged customers among those who would be billed that day before holds, over
+    the window's (partition_key) facility-days of that business date: a window holds two dates
+    when facilities 24 hours apart share its UTC hour, and `billing-pipeline run` (a date at a
+    time) must decide as the Dagster partition does. No one to bill: no block.
     """
     per_day = (
         candidates.select("business_date", "facility_id", "customer_id")
@@ -80,13 +81,13 @@ def billing_blocks(candidates: pl.LazyFrame, flagged: pl.LazyFrame, facility_day
         .join(per_day, on=["business_date", "facility_id"], how="left")
         .with_columns(pl.col("billable_customers", "flagged_customers").fill_null(0).cast(pl.Int64))
     )
-    window = days.group_by("partition_key").agg(
+    window = days.group_by("partition_key", "business_date").agg(
         pl.col("billable_customers").sum().alias("window_billable"),
         pl.col("flagged_customers").sum().alias("window_flagged"))
     share = pl.when(pl.col("window_billable") > 0).then(
         pl.col("window_flagged") / pl.col("window_billable")).otherwise(0.0)
     return (
-        days.join(window, on="partition_key")
+        days.join(window, on=["partition_key", "business_date"])
         .with_columns(share.alias("window_flagged_share"), pl.lit(max_share).alias("max_share"))
         .with_columns((pl.col("window_flagged_share") > pl.col("max_share")).alias("blocked"))
         .sort("facility_id")
