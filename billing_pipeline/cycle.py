@@ -205,23 +205,26 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
     customer_days = night.customer_days
     keys = customer_days.select("customer_id", "business_date")
     # Tonight's dues of a customer: those posted by every facility-day (at any facility, in any
-    # time zone) that ran after the home facility's previous run and up to its run tonight. A
-    # contract's facility west of the home runs later, so its dues of D are billed with the home's
-    # D+1 run: the same in Dagster (windows in order) and with `run` (a date at a time).
+    # time zone) that ran by the home facility's run tonight with a business date up to the
+    # home's, and were not counted by the home's previous run. A contract's facility west of the
+    # home runs later, so its dues of D are billed with the home's D+1 run; a facility more than
+    # 24 hours east (Kiritimati D+1 runs before Pago Pago D) waits for the home's D+1 too. The
+    # same in Dagster (windows in order) and with `run` (a date at a time).
     runs = home_runs(conn, night.facility_days)
-    due = query(conn, """
-        WITH due AS (SELECT c.customer_id, c.amount_cents, p.run_at FROM due_contracts c
+    counted = """c.run_at <= h.run_at AND c.business_date <= h.business_date
+                 AND NOT (c.run_at <= h.previous_run_at AND c.business_date <= h.previous_business_date)"""
+    due = query(conn, f"""
+        WITH due AS (SELECT c.customer_id, c.amount_cents, c.business_date, p.run_at FROM due_contracts c
                      JOIN processed_days p USING (facility_id, business_date) WHERE c.business_date >= $since),
-             posted AS (SELECT c.customer_id, c.amount_cents, p.run_at FROM dues_postings c
+             posted AS (SELECT c.customer_id, c.amount_cents, c.business_date, p.run_at FROM dues_postings c
                         JOIN processed_days p USING (facility_id, business_date) WHERE c.business_date >= $since),
-             homes AS (SELECT k.customer_id, k.business_date, r.run_at, r.previous_run_at
+             homes AS (SELECT k.customer_id, k.business_date, r.run_at, r.previous_run_at, r.previous_business_date
                        FROM _keys k JOIN _runs r USING (facility_id, business_date)),
              due_tonight AS (SELECT h.customer_id, h.business_date, sum(c.amount_cents)::BIGINT AS due_cents
-                             FROM homes h JOIN due c ON c.customer_id = h.customer_id
-                               AND c.run_at > h.previous_run_at AND c.run_at <= h.run_at GROUP BY ALL),
+                             FROM homes h JOIN due c ON c.customer_id = h.customer_id AND {counted} GROUP BY ALL),
              posted_tonight AS (SELECT h.customer_id, h.business_date, sum(c.amount_cents)::BIGINT AS posted_cents
-                                FROM homes h JOIN posted c ON c.customer_id = h.customer_id
-                                  AND c.run_at > h.previous_run_at AND c.run_at <= h.run_at GROUP BY ALL)
+                                FROM homes h JOIN posted c ON c.customer_id = h.customer_id AND {counted}
+                                GROUP BY ALL)
         SELECT d.customer_id, d.business_date, d.due_cents, p.posted_cents
         FROM due_tonight d LEFT JOIN posted_tonight p USING (customer_id, business_date)""",
                 _keys=customer_days.select("customer_id", "business_date", "facility_id"), _runs=runs,
@@ -280,11 +283,12 @@ def earliest_date(instants: pl.Series) -> dt.date:
 
 
 def home_runs(conn: duckdb.DuckDBPyConnection, facility_days: pl.DataFrame) -> pl.DataFrame:
-    """Each facility-day's run instant, and the run instant of the facility's previous processed
-    day (on its first night, the same instant a day earlier)."""
+    """Each facility-day's run instant, and the run instant and business date of the facility's
+    previous processed day (on its first night, the same instant a day earlier, the day before)."""
     return query(conn, """
         SELECT d.facility_id, d.business_date, d.run_at,
-               coalesce(max(p.run_at), d.run_at - INTERVAL 1 DAY) AS previous_run_at
+               coalesce(max(p.run_at), d.run_at - INTERVAL 1 DAY) AS previous_run_at,
+               coalesce(max(p.business_date), d.business_date - 1) AS previous_business_date
         FROM _days d LEFT JOIN processed_days p
           ON p.facility_id = d.facility_id AND p.business_date < d.business_date
         GROUP BY d.facility_id, d.business_date, d.run_at""",

@@ -192,3 +192,33 @@ def test_window_with_two_business_dates_blocks_each_date_apart_and_alike(tmp_pat
         assert blocks == [("HNL", day, 0.0, False), ("KIR", next_day, 0.5, True)], db.name
         assert held == [("HNL", "C1", None), ("KIR", "C2", "no_payment_method"), ("KIR", "C3", "billing_blocked")], db.name
         assert charged == [("HNL", "C1", "approved")], db.name
+
+
+def test_contract_more_than_a_day_east_of_the_home_is_billed_once_and_alike(tmp_path):
+    """C1 lives at Pago Pago (UTC-11) and holds a contract at Kiritimati (UTC+14): Kiritimati's
+    D+1 runs an hour before Pago Pago's D. Its dues of D+1 are billed with Pago Pago's D+1 run,
+    in Dagster (windows in order) and with `run` (a date at a time) alike."""
+    data = write_export(
+        tmp_path / "data",
+        facilities=[facility(facility_id="PPG", timezone="Pacific/Pago_Pago"),
+                    facility(facility_id="KIR", timezone="Pacific/Kiritimati")],
+        customers=[customer("C1", facility_id="PPG")],
+        contracts=[contract("K1", facility_id="KIR", start_date=D(2026, 3, 3))],
+        payment_methods=[card("C1")])
+    day, next_day = D(2026, 3, 2), D(2026, 3, 3)
+    assert run_instant("Pacific/Kiritimati", next_day) < run_instant("Pacific/Pago_Pago", day)
+    windows = sorted({partition_key(run_instant(tz, d)) for tz in ("Pacific/Pago_Pago", "Pacific/Kiritimati")
+                      for d in (day, next_day)})
+    assert len(windows) == 4
+    by_dagster, by_cli = tmp_path / "dagster.duckdb", tmp_path / "cli.duckdb"
+    defs = build_definitions(str(data), str(by_dagster))
+    for key in windows:
+        assert execute(defs, key).success, key
+    run_dates(data, by_cli, day, next_day, None, RunOptions(), echo=lambda _: None)
+    for db in (by_dagster, by_cli):
+        with duckdb.connect(str(db), read_only=True) as conn:
+            billed = conn.sql("SELECT business_date, facility_id, customer_id, reasons, balance_cents "
+                              "FROM billable_customers").fetchall()
+            charged = conn.sql("SELECT business_date, facility_id, amount_cents, outcome FROM billing_attempts").fetchall()
+        assert billed == [(next_day, "PPG", "C1", ["dues_posted"], 5000)], db.name
+        assert charged == [(next_day, "PPG", 5000, "approved")], db.name

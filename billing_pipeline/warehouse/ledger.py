@@ -83,14 +83,16 @@ def post_entries(conn: duckdb.DuckDBPyConnection, entries: pl.DataFrame) -> int:
 def ledger_sums(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame) -> pl.DataFrame:
     """Per customer (SPEC 1.4): the ledger entries of facility-days that ran before the home
     facility's run tonight (`run_at`), and the dues / freeze fees posted by facility-days at that
-    same instant. The customer's own billing entries of tonight are left out, so a rerun bills
-    what the first run billed."""
+    same instant, in both cases of business dates up to the home's (a facility more than 24
+    hours east runs its D+1 before the home's D; `run --date D` has not run it yet). The
+    customer's own billing entries of tonight are left out, so a rerun bills what the first
+    run billed."""
     return query(conn, """
         SELECT l.customer_id,
                coalesce(sum(l.amount_cents) FILTER (WHERE p.run_at < c.run_at), 0)::BIGINT AS ledger_before_cents,
                coalesce(sum(l.amount_cents) FILTER (WHERE p.run_at = c.run_at
                    AND l.kind IN ('dues', 'freeze_fee')), 0)::BIGINT AS ledger_dues_today_cents
-        FROM ledger l JOIN _days c USING (customer_id)
+        FROM ledger l JOIN _days c ON l.customer_id = c.customer_id AND l.business_date <= c.business_date
         JOIN processed_days p ON p.facility_id = l.facility_id AND p.business_date = l.business_date
         GROUP BY l.customer_id""", _days=customer_days.select("customer_id", "business_date", "run_at"))
 
