@@ -247,25 +247,27 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
         SELECT coalesce(a.customer_id, b.customer_id) AS customer_id, a.last_attempt_date, a.last_outcome,
                greatest(a.last_attempt_date, b.last_billed_date) AS last_billed_date
         FROM attempts a FULL JOIN billed b USING (customer_id)""", _keys=keys)
+    duplicates, without_payment_method = night.duplicates, night.without_payment_method
     qualifying = (night.customer_contracts.filter(pl.col("status").is_in(contract_status.IN_EFFECT)
                                          & pl.col("contract_type").is_in(billable_rules.QUALIFYING_TYPES))
                   .select("customer_id", "business_date").unique())
+    night.forget("customer_contracts", "customer_keys")  # 10M contracts' rows: not needed from here on
     with_reasons = billable_rules.with_reasons(customer_days.lazy(), due.lazy(), last_attempts.lazy(),
                                                qualifying.lazy()).collect()
     owed = balances(conn, night, with_reasons.select("customer_id", "business_date", "run_at"))
     candidates = billable_rules.with_balance(with_reasons.lazy(), owed.lazy()).collect()
-    flagged = pl.concat([night.duplicates.select("business_date", "customer_id"),
-                         night.without_payment_method.select("business_date", "customer_id")]).unique()
+    flagged = pl.concat([duplicates.select("business_date", "customer_id"),
+                         without_payment_method.select("business_date", "customer_id")]).unique()
     blocks = prebilling.billing_blocks(candidates.lazy(), flagged.lazy(), night.facility_days.lazy(),
                                        settings.max_flagged_share).collect()
-    held = billable_rules.apply_holds(candidates.lazy(), night.duplicates.lazy(), night.usable_methods.lazy(),
+    held = billable_rules.apply_holds(candidates.lazy(), duplicates.lazy(), night.usable_methods.lazy(),
                                       blocks.lazy()).collect()
     out = {
         "billable_customers": held.select(*billable_rules.BILLABLE_COLUMNS, "payment_method_id")
         .sort("facility_id", "customer_id"),
         "sweep_candidates": billable_rules.sweep_candidates(held.lazy()).collect(),
-        "duplicate_contracts": night.at_home(night.duplicates),
-        "recurring_dues_without_payment_method": night.at_home(night.without_payment_method),
+        "duplicate_contracts": night.at_home(duplicates),
+        "recurring_dues_without_payment_method": night.at_home(without_payment_method),
         "billing_blocks": blocks.select("business_date", "facility_id", "partition_key", "billable_customers",
                                         "flagged_customers", "window_billable", "window_flagged",
                                         "window_flagged_share", "max_share", "blocked"),

@@ -31,25 +31,24 @@ def contracts_for_days(contracts: pl.LazyFrame, customers: pl.LazyFrame, facilit
     the export's first facility (lowest facility_id): a bad record is never dropped unreported.
     """
     known_facilities = facilities.select("facility_id", pl.lit(True).alias("facility_known"))
-    first_facility = facilities.select(pl.col("facility_id").min().alias("first_facility_id"))
+    first_facility = facilities.select(pl.col("facility_id").min()).collect().item()  # a small table
     routed = (
         contracts.join(known_facilities, on="facility_id", how="left")
         .join(customers.select("customer_id", pl.col("facility_id").alias("home_facility_id"),
                                pl.lit(True).alias("customer_known")), on="customer_id", how="left")
         .join(known_facilities.rename({"facility_id": "home_facility_id", "facility_known": "home_known"}),
               on="home_facility_id", how="left")
-        .join(first_facility, how="cross")
         .with_columns(
             pl.col("facility_known").fill_null(False), pl.col("customer_known").fill_null(False),
             # a customer whose home facility does not exist could never be billed
             (pl.col("customer_known") & pl.col("home_known").is_null()).alias("home_unknown"),
             pl.when(pl.col("facility_known")).then(pl.col("facility_id"))
             .when(pl.col("home_known")).then(pl.col("home_facility_id"))
-            .otherwise(pl.col("first_facility_id")).alias("processing_facility_id"),
+            .otherwise(pl.lit(first_facility, pl.String)).alias("processing_facility_id"),
             pl.col("facility_id").alias("contract_facility_id"),
         )
         .rename({"status": "exported_status"})
-        .drop("facility_id", "home_known", "first_facility_id")
+        .drop("facility_id", "home_known")
         .rename({"processing_facility_id": "facility_id"})
     )
     settings = facilities.select("facility_id", pl.col("weekly_billing_day", "monthly_billing_day").cast(pl.Int8))
