@@ -285,21 +285,14 @@ def summarize(out: Path) -> tuple[str, dict[str, Any]]:
 
     stages = sorted((json.loads(p.read_text()) for p in out.glob("dues_stages_*.json")), key=lambda r: r["size"])
     if stages:
-        md += [("### Dues rules: fused lazy plans (as cycle.post_dues collects them) vs each stage once "
-               "(benchmarks.dues_stages)"), "",
-               ("| contracts | fused: 3 collects | collect_all | staged total | windows (schedule + counts) | "
-               "status on bill date | in effect today | night.duplicates | peak RSS |"),
-               "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        def cell(t: dict[str, float], key: str) -> str:
-            return f"{t[key]:.2f} s" if key in t else "-"
-
+        steps = list(dict.fromkeys(k for r in stages for k in r["seconds"]))
+        md += ["### Dues rules step by step (benchmarks.dues_stages)", "",
+               "| contracts | " + " | ".join(steps) + " | peak RSS |",
+               "|---:|" + "---:|" * (len(steps) + 1)]
         for r in stages:
             t = r["seconds"]
-            md.append(f"| {label(r['size'])} | {cell(t, 'fused total (3 collects)')} | "
-                      f"{cell(t, 'collect_all (3 frames together)')} | {cell(t, 'staged total')} | "
-                      f"{cell(t, 'staged windows (schedule + counts)')} | {cell(t, 'staged status on bill date (asof)')} | "
-                      f"{cell(t, 'staged in effect today (asof)')} | {cell(t, 'night.duplicates')} | "
-                      f"{gib(r['peak_rss_bytes']):.2f} GiB |")
+            md.append(f"| {label(r['size'])} | " + " | ".join(f"{t[k]:.2f} s" if k in t else "-" for k in steps)
+                      + f" | {gib(r['peak_rss_bytes']):.2f} GiB |")
         md.append("")
 
     if charges:

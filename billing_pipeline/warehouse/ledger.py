@@ -66,18 +66,16 @@ def post_entries(conn: duckdb.DuckDBPyConnection, entries: pl.DataFrame) -> int:
             INSERT INTO ledger ({columns}, posted_at) SELECT {columns}, now() FROM _entries
             ON CONFLICT DO NOTHING RETURNING customer_id, amount_cents""").to_arrow_table()
     conn.unregister("_entries")
-    fresh = pl.from_arrow(inserted)
-    if fresh.height == 0:
+    if inserted.num_rows == 0:
         return 0
-    moves = (fresh.group_by("customer_id").agg(pl.col("amount_cents").sum().alias("delta"), pl.len().alias("n"))
-             .sort("customer_id"))
-    register(conn, "_moves", moves)
+    conn.register("_inserted", inserted)
     conn.execute("""
-        INSERT INTO customer_balances SELECT customer_id, delta, n FROM _moves
+        INSERT INTO customer_balances
+        SELECT customer_id, sum(amount_cents)::BIGINT, count(*) FROM _inserted GROUP BY customer_id ORDER BY customer_id
         ON CONFLICT (customer_id) DO UPDATE
         SET balance_cents = balance_cents + excluded.balance_cents, entries = entries + excluded.entries""")
-    conn.unregister("_moves")
-    return fresh.height
+    conn.unregister("_inserted")
+    return inserted.num_rows
 
 
 def ledger_sums(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame) -> pl.DataFrame:
