@@ -12,10 +12,6 @@ wrapped in timers here, in this process only (nothing in the package is edited):
   ledger_check   ledger.ledger_problems        the ledger invariant after the run
   publish        Warehouse.publish             copy of the writer file onto the analysts' file
 
-With --second-night the worker then runs D+1 on the same warehouse and times it apart: the
-first night of a fresh warehouse logs every contract's status and posts catch-up periods, the
-next one is what a chain runs every night.
-
 Nested timers (`dues/query`, `billable/night.usable_methods`, ...) say where a step's time goes:
 the Night's shared frames are computed lazily in the first step that needs them, and DuckDB
 reads/writes are timed apart from the Polars compute. A thread samples RSS every 20 ms and keeps
@@ -114,8 +110,6 @@ def main() -> None:
     parser.add_argument("--date", type=dt.date.fromisoformat, required=True)
     parser.add_argument("--size", type=int, required=True)
     parser.add_argument("--result", type=Path, required=True)
-    parser.add_argument("--second-night", action="store_true",
-                        help="then run D+1 on the same warehouse and time it apart (a steady-state night)")
     args = parser.parse_args()
 
     started_process = time.perf_counter()
@@ -137,30 +131,10 @@ def main() -> None:
                               RunOptions(latency_s=0.0), echo=lines.append)
         wall = time.perf_counter() - started
         cpu = time.process_time() - cpu_started
-        first = {"seconds": dict(timers.seconds), "cpu": dict(timers.cpu), "calls": dict(timers.calls),
-                 "peaks": dict(sampler.peaks), "peak": sampler.peak}
-        second = None
-        if args.second_night:
-            # The next night on the same warehouse: only status changes are logged, only that
-            # day's bill dates post, customers billed last night are not billed again.
-            for d in (timers.seconds, timers.cpu, timers.calls, sampler.peaks):
-                d.clear()
-            sampler.peak = 0
-            next_day = args.date + dt.timedelta(days=1)
-            started, cpu_started = time.perf_counter(), time.process_time()
-            nights = run_dates(args.data, db, next_day, next_day, None, RunOptions(latency_s=0.0), echo=lines.append)
-            second = {"business_date": next_day.isoformat(), "run_dates_s": time.perf_counter() - started,
-                      "run_dates_cpu_s": time.process_time() - cpu_started,
-                      "steps_s": {name: timers.seconds.get(name, 0.0) for name in TOP_STEPS},
-                      "timers": {path: {"s": s_, "cpu_s": timers.cpu[path], "calls": timers.calls[path],
-                                        "peak_rss_bytes": sampler.peaks.get(path)}
-                                 for path, s_ in sorted(timers.seconds.items())},
-                      "sampled_peak_rss_bytes": sampler.peak,
-                      "summary": nights[0].__dict__ if nights else {}}
     for line in lines:
         print(line, flush=True)
 
-    top = {name: first["seconds"].get(name, 0.0) for name in TOP_STEPS}
+    top = {name: timers.seconds.get(name, 0.0) for name in TOP_STEPS}
     summary = summaries[0].__dict__ if summaries else {}
     write_json(args.result, {
         "size": args.size,
@@ -172,11 +146,10 @@ def main() -> None:
         "imports_s": imports_s,
         "steps_s": top,
         "other_s": wall - sum(top.values()),
-        "timers": {path: {"s": s, "cpu_s": first["cpu"][path], "calls": first["calls"][path],
-                          "peak_rss_bytes": first["peaks"].get(path)}
-                   for path, s in sorted(first["seconds"].items())},
-        "sampled_peak_rss_bytes": first["peak"],
-        "second_night": second,
+        "timers": {path: {"s": s, "cpu_s": timers.cpu[path], "calls": timers.calls[path],
+                          "peak_rss_bytes": sampler.peaks.get(path)}
+                   for path, s in sorted(timers.seconds.items())},
+        "sampled_peak_rss_bytes": sampler.peak,
         "uninstrumented": missing,
         "summary": summary,
         "echo": lines,

@@ -118,7 +118,7 @@ def table_counts(db: Path, day: dt.date) -> dict[str, int]:
 def run_cycle(size: int, db: Path, out: Path, profile: bool) -> dict[str, Any]:
     log(f"{label(size)}: nightly cycle for {BUSINESS_DATE} (every facility, latency 0, fresh DuckDB {db})")
     args = ["--data", str(data_dir(size)), "--db", str(db), "--date", BUSINESS_DATE.isoformat(),
-            "--size", str(size), "--second-night"]
+            "--size", str(size)]
     if profile:
         py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
         if py_spy is None:
@@ -143,8 +143,6 @@ def run_cycle(size: int, db: Path, out: Path, profile: bool) -> dict[str, Any]:
     steps = ", ".join(f"{name} {result['steps_s'][key]:.2f}" for key, name in STEPS)
     log(f"{label(size)}: run_dates {result['run_dates_s']:.2f} s (process {child.wall_s:.2f} s), "
         f"peak RSS {gib(child.peak_rss_bytes):.2f} GiB; {steps}")
-    if result.get("second_night"):
-        log(f"{label(size)}: second night {result['second_night']['run_dates_s']:.2f} s")
     return result
 
 
@@ -242,25 +240,6 @@ def summarize(out: Path) -> tuple[str, dict[str, Any]]:
     md += ["", ("*other: ledger check, publish (checkpoint + file copy), facility clock, warehouse open. "
            "CPU = process CPU time (all threads, 2 cores); load avg = 1-minute load before the run "
            "(the machine is shared: a load above 2 inflates wall times)."), ""]
-
-    nexts = [r for r in sizes if r["cycle"].get("second_night")]
-    if nexts:
-        md += ["### The next night (D+1 on the same warehouse: a steady-state night)", "",
-               "| contracts | wall (run_dates) | CPU | peak RSS (sampled) | " + " | ".join(name for _, name in STEPS)
-               + " | periods posted | billable | charged |",
-               "|---:|---:|---:|---:|" + "---:|" * len(STEPS) + "---:|---:|---:|"]
-        for r in nexts:
-            n = r["cycle"]["second_night"]
-            s_ = n["summary"]
-            md.append(f"| {label(r['size'])} | {n['run_dates_s']:.1f} s | {n['run_dates_cpu_s']:.1f} s | "
-                      f"{gib(n['sampled_peak_rss_bytes']):.2f} GiB | "
-                      + " | ".join(f"{n['steps_s'][k]:.2f} s" for k, _ in STEPS)
-                      + f" | {s_.get('dues_posted', 0):,} | {s_.get('billable', 0):,} | "
-                      f"{s_.get('approved', 0) + s_.get('declined', 0) + s_.get('errors', 0):,} |")
-            summary.setdefault("second_night", []).append(
-                {"size": r["size"], "run_dates_s": n["run_dates_s"], "peak_rss_gib": gib(n["sampled_peak_rss_bytes"]),
-                 "steps_s": {k: n["steps_s"][k] for k, _ in STEPS}})
-        md.append("")
 
     if sizes:
         biggest = sizes[-1]
