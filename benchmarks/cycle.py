@@ -12,6 +12,10 @@ wrapped in timers here, in this process only (nothing in the package is edited):
   ledger_check   ledger.ledger_problems        the ledger invariant after the run
   publish        Warehouse.publish             copy of the writer file onto the analysts' file
 
+With --next-night it runs on the warehouse the previous night left (the first night of a fresh
+warehouse logs every contract's status and posts catch-up periods; the next one is what a chain
+runs every night), in a fresh process like a real nightly run.
+
 Nested timers (`dues/query`, `billable/night.usable_methods`, ...) say where a step's time goes:
 the Night's shared frames are computed lazily in the first step that needs them, and DuckDB
 reads/writes are timed apart from the Polars compute. A thread samples RSS every 20 ms and keeps
@@ -110,6 +114,8 @@ def main() -> None:
     parser.add_argument("--date", type=dt.date.fromisoformat, required=True)
     parser.add_argument("--size", type=int, required=True)
     parser.add_argument("--result", type=Path, required=True)
+    parser.add_argument("--next-night", action="store_true",
+                        help="--db holds the previous night: run the next one on it (a steady-state night)")
     args = parser.parse_args()
 
     started_process = time.perf_counter()
@@ -120,7 +126,9 @@ def main() -> None:
     imports_s = time.perf_counter() - started_process
 
     db = args.db or Path(tempfile.mkdtemp(prefix="bench-cycle-")) / "warehouse.duckdb"
-    if db.exists() or db.with_name(db.stem + ".writer.duckdb").exists():
+    if args.next_night and not db.exists():
+        raise SystemExit(f"--next-night needs the previous night's {db}")
+    if not args.next_night and (db.exists() or db.with_name(db.stem + ".writer.duckdb").exists()):
         raise SystemExit(f"{db} exists: the benchmark needs a fresh DuckDB file")
     lines: list[str] = []
     with RssSampler() as sampler:

@@ -143,6 +143,21 @@ def run_cycle(size: int, db: Path, out: Path, profile: bool) -> dict[str, Any]:
     steps = ", ".join(f"{name} {result['steps_s'][key]:.2f}" for key, name in STEPS)
     log(f"{label(size)}: run_dates {result['run_dates_s']:.2f} s (process {child.wall_s:.2f} s), "
         f"peak RSS {gib(child.peak_rss_bytes):.2f} GiB; {steps}")
+    if not profile:
+        result["next_night"] = run_next_night(size, db, out)
+    return result
+
+
+def run_next_night(size: int, db: Path, out: Path) -> dict[str, Any]:
+    """D+1 on the warehouse the first night left, in a fresh process: a steady-state night."""
+    day = BUSINESS_DATE + dt.timedelta(days=1)
+    log(f"{label(size)}: the next night, {day}, on the same warehouse")
+    child = run_child("benchmarks.cycle", ["--data", str(data_dir(size)), "--db", str(db), "--date", day.isoformat(),
+                                           "--size", str(size), "--next-night"], out / f".next_{size}.json")
+    if child.returncode != 0 or child.result is None:
+        raise SystemExit(f"the {size} next night failed (exit {child.returncode})")
+    result = {**child.result, "child": child_info(child)}
+    log(f"{label(size)}: next night run_dates {result['run_dates_s']:.2f} s, peak RSS {gib(child.peak_rss_bytes):.2f} GiB")
     return result
 
 
@@ -240,6 +255,25 @@ def summarize(out: Path) -> tuple[str, dict[str, Any]]:
     md += ["", ("*other: ledger check, publish (checkpoint + file copy), facility clock, warehouse open. "
            "CPU = process CPU time (all threads, 2 cores); load avg = 1-minute load before the run "
            "(the machine is shared: a load above 2 inflates wall times)."), ""]
+
+    nexts = [r for r in sizes if r["cycle"].get("next_night")]
+    if nexts:
+        md += ["### The next night (D+1 on the warehouse the first night left, own process: a steady-state night)", "",
+               "| contracts | wall (run_dates) | CPU | peak RSS | " + " | ".join(name for _, name in STEPS)
+               + " | periods posted | billable | charges sent |",
+               "|---:|---:|---:|---:|" + "---:|" * len(STEPS) + "---:|---:|---:|"]
+        for r in nexts:
+            n = r["cycle"]["next_night"]
+            s_ = n.get("summary") or {}
+            md.append(f"| {label(r['size'])} | {n['run_dates_s']:.1f} s | {n['run_dates_cpu_s']:.1f} s | "
+                      f"{n['child']['peak_rss_gib']:.2f} GiB | "
+                      + " | ".join(f"{n['steps_s'][k]:.2f} s" for k, _ in STEPS)
+                      + f" | {s_.get('dues_posted', 0):,} | {s_.get('billable', 0):,} | "
+                      f"{s_.get('approved', 0) + s_.get('declined', 0) + s_.get('errors', 0):,} |")
+            summary.setdefault("next_night", []).append(
+                {"size": r["size"], "run_dates_s": n["run_dates_s"], "peak_rss_gib": n["child"]["peak_rss_gib"],
+                 "steps_s": {k: n["steps_s"][k] for k, _ in STEPS}})
+        md.append("")
 
     if sizes:
         biggest = sizes[-1]
