@@ -15,7 +15,7 @@ import pytest
 
 from billing_pipeline.demo_data import generate
 from billing_pipeline.runner import RunOptions, run_dates
-from tests.factories import D, card, contract, customer, facility, write_export
+from tests.factories import D, card, change, contract, customer, facility, write_export
 
 START = dt.date(2026, 3, 28)
 TABLES = ["contract_status_daily", "status_change_errors", "due_contracts", "dues_postings", "dues_posting_errors",
@@ -98,6 +98,27 @@ def test_gateway_errors_are_retried_then_recorded_and_others_still_charged(tmp_p
     assert rows[0][:4] == ("C1", "error", None, 3) and "gateway error after 3 tries" in rows[0][4]
     assert rows[1][:4] == ("C2", "approved", None, 1)
     assert rows[2][:4] == ("C3", "declined", "do_not_honor", 1) and rows[2][4] == "do_not_honor"
+
+
+def test_status_log_keeps_only_changes_and_the_daily_view_every_day(tmp_path):
+    """K1 is frozen from Jan 2 and thawed Jan 4; K2 never changes. The log stores a row only
+    when a contract's status differs from the facility's previous processed day; the daily view
+    still shows every contract on every processed day, and a rerun changes neither."""
+    data = write_export(
+        tmp_path / "data", customers=[customer("C1"), customer("C2")],
+        contracts=[contract("K1"), contract("K2", customer_id="C2")],
+        status_changes=[change("S1", "K1", "freeze", D(2026, 1, 2)), change("S2", "K1", "thaw", D(2026, 1, 4))],
+        payment_methods=[card("C1"), card("C2")])
+    db = tmp_path / "billing.duckdb"
+    run(data, db, D(2026, 1, 1), D(2026, 1, 5))
+    run(data, db, D(2026, 1, 3), D(2026, 1, 3))  # a rerun of a middle day
+    with duckdb.connect(str(db), read_only=True) as conn:
+        log = conn.sql("SELECT contract_id, business_date, status FROM contract_status_log ORDER BY ALL").fetchall()
+        daily = conn.sql("SELECT contract_id, count(*), string_agg(status, ',' ORDER BY business_date) "
+                         "FROM contract_status_daily GROUP BY 1 ORDER BY 1").fetchall()
+    assert log == [("K1", D(2026, 1, 1), "active"), ("K1", D(2026, 1, 2), "frozen"), ("K1", D(2026, 1, 4), "active"),
+                   ("K2", D(2026, 1, 1), "active")]
+    assert daily == [("K1", 5, "active,frozen,frozen,active,active"), ("K2", 5, "active,active,active,active,active")]
 
 
 def test_surcharge_posted_only_when_approved(tmp_path):
