@@ -37,7 +37,9 @@ class Warehouse:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if not self.writer_path.exists() and self.path.exists():
             shutil.copyfile(self.path, self.writer_path)
-        conn = duckdb.connect(str(self.writer_path))
+        # Background allocator threads hand memory freed by a big query back to the system: without
+        # them about 0.7 GiB of a 10M-row aggregate stayed resident for the rest of the night.
+        conn = duckdb.connect(str(self.writer_path), config={"allocator_background_threads": True})
         try:
             conn.execute(resources.files("billing_pipeline.warehouse").joinpath("schema.sql").read_text())
             yield conn
