@@ -127,20 +127,25 @@ def test_half_hour_zone_facility_lands_in_its_own_window(tmp_path):
     assert execute(defs, "2026-03-01-22:00").success
 
 
-def test_contract_in_another_time_zone_than_the_home_is_billed_once_and_alike(tmp_path):
-    """C1 lives at a New York facility and holds a contract at a Los Angeles one. LA's day D runs
-    three hours after New York's, so its dues of D are billed by New York's next run, in Dagster
-    (windows in order) and with `run` alike: once, with the reason dues_posted."""
+@pytest.mark.parametrize("home, away, start", [
+    (("NY", "America/New_York"), ("LA", "America/Los_Angeles"), D(2026, 3, 2)),
+    (("PPG", "Pacific/Pago_Pago"), ("KIR", "Pacific/Kiritimati"), D(2026, 3, 3)),
+], ids=["away_three_hours_west", "away_more_than_a_day_east"])
+def test_contract_in_another_time_zone_than_the_home_is_billed_once_and_alike(tmp_path, home, away, start):
+    """C1 lives at `home` and holds a contract at `away`. Los Angeles's day D runs three hours
+    after New York's, so its dues of D are billed by New York's next run. Kiritimati (UTC+14)
+    runs its D+1 an hour before Pago Pago (UTC-11) runs D, and its dues of D+1 wait for Pago
+    Pago's D+1. In Dagster (windows in order) and with `run` (a date at a time) alike: billed
+    once, on D+1, with the reason dues_posted."""
+    (home_id, home_tz), (away_id, away_tz) = home, away
     data = write_export(
         tmp_path / "data",
-        facilities=[facility(facility_id="NY", timezone="America/New_York"),
-                    facility(facility_id="LA", timezone="America/Los_Angeles")],
-        customers=[customer("C1", facility_id="NY")],
-        contracts=[contract("K1", facility_id="LA", start_date=D(2026, 3, 2))],
+        facilities=[facility(facility_id=home_id, timezone=home_tz), facility(facility_id=away_id, timezone=away_tz)],
+        customers=[customer("C1", facility_id=home_id)],
+        contracts=[contract("K1", facility_id=away_id, start_date=start)],
         payment_methods=[card("C1")])
     day, next_day = D(2026, 3, 2), D(2026, 3, 3)
-    windows = sorted({partition_key(run_instant(tz, d)) for tz in ("America/New_York", "America/Los_Angeles")
-                      for d in (day, next_day)})
+    windows = sorted({partition_key(run_instant(tz, d)) for tz in (home_tz, away_tz) for d in (day, next_day)})
     assert len(windows) == 4
     by_dagster, by_cli = tmp_path / "dagster.duckdb", tmp_path / "cli.duckdb"
     defs = build_definitions(str(data), str(by_dagster))
@@ -152,8 +157,8 @@ def test_contract_in_another_time_zone_than_the_home_is_billed_once_and_alike(tm
             billed = conn.sql("SELECT business_date, facility_id, customer_id, reasons, balance_cents "
                               "FROM billable_customers").fetchall()
             charged = conn.sql("SELECT business_date, facility_id, amount_cents, outcome FROM billing_attempts").fetchall()
-        assert billed == [(next_day, "NY", "C1", ["dues_posted"], 5000)], db.name
-        assert charged == [(next_day, "NY", 5000, "approved")], db.name
+        assert billed == [(next_day, home_id, "C1", ["dues_posted"], 5000)], db.name
+        assert charged == [(next_day, home_id, 5000, "approved")], db.name
 
 
 def test_window_with_two_business_dates_blocks_each_date_apart_and_alike(tmp_path):
@@ -192,33 +197,3 @@ def test_window_with_two_business_dates_blocks_each_date_apart_and_alike(tmp_pat
         assert blocks == [("HNL", day, 0.0, False), ("KIR", next_day, 0.5, True)], db.name
         assert held == [("HNL", "C1", None), ("KIR", "C2", "no_payment_method"), ("KIR", "C3", "billing_blocked")], db.name
         assert charged == [("HNL", "C1", "approved")], db.name
-
-
-def test_contract_more_than_a_day_east_of_the_home_is_billed_once_and_alike(tmp_path):
-    """C1 lives at Pago Pago (UTC-11) and holds a contract at Kiritimati (UTC+14): Kiritimati's
-    D+1 runs an hour before Pago Pago's D. Its dues of D+1 are billed with Pago Pago's D+1 run,
-    in Dagster (windows in order) and with `run` (a date at a time) alike."""
-    data = write_export(
-        tmp_path / "data",
-        facilities=[facility(facility_id="PPG", timezone="Pacific/Pago_Pago"),
-                    facility(facility_id="KIR", timezone="Pacific/Kiritimati")],
-        customers=[customer("C1", facility_id="PPG")],
-        contracts=[contract("K1", facility_id="KIR", start_date=D(2026, 3, 3))],
-        payment_methods=[card("C1")])
-    day, next_day = D(2026, 3, 2), D(2026, 3, 3)
-    assert run_instant("Pacific/Kiritimati", next_day) < run_instant("Pacific/Pago_Pago", day)
-    windows = sorted({partition_key(run_instant(tz, d)) for tz in ("Pacific/Pago_Pago", "Pacific/Kiritimati")
-                      for d in (day, next_day)})
-    assert len(windows) == 4
-    by_dagster, by_cli = tmp_path / "dagster.duckdb", tmp_path / "cli.duckdb"
-    defs = build_definitions(str(data), str(by_dagster))
-    for key in windows:
-        assert execute(defs, key).success, key
-    run_dates(data, by_cli, day, next_day, None, RunOptions(), echo=lambda _: None)
-    for db in (by_dagster, by_cli):
-        with duckdb.connect(str(db), read_only=True) as conn:
-            billed = conn.sql("SELECT business_date, facility_id, customer_id, reasons, balance_cents "
-                              "FROM billable_customers").fetchall()
-            charged = conn.sql("SELECT business_date, facility_id, amount_cents, outcome FROM billing_attempts").fetchall()
-        assert billed == [(next_day, "PPG", "C1", ["dues_posted"], 5000)], db.name
-        assert charged == [(next_day, "PPG", 5000, "approved")], db.name
