@@ -85,7 +85,7 @@ def generate(out: Path, contracts: int, facilities: int, seed: int, start: dt.da
 @click.option("--batch-size", default=ChargeSettings.batch_size, show_default=True, type=click.IntRange(min=1),
               help="Charges per gateway call.")
 @click.option("--max-flagged-share", default=0.02, show_default=True, type=click.FloatRange(0, 1),
-              help="Block a window's billing above this share of flagged billable customers.")
+              help="Block a window's billing for a date above this share of flagged billable customers.")
 def run(data: Path, db: Path, date: dt.date, through: dt.date | None, facility: str | None,
         gateway_state: Path | None, gateway_latency_ms: float, decline_rate: float, max_in_flight: int,
         batch_size: int, max_flagged_share: float) -> None:

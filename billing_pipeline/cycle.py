@@ -86,7 +86,8 @@ class Night:
         elsewhere = (
             self.keyed_contracts.filter(
                 ~pl.col("facility_id").is_in(self.facility_days.get_column("facility_id").implode())
-                # a contract of an unknown facility is processed at its customer's home: it is "own"
+                # a contract of an unknown facility is processed at its customer's home (or, with
+                # neither known, at the first facility): its own batch has it, not this one
                 & pl.col("facility_id").is_in(i.facilities.get_column("facility_id").implode()))
             .select("contract_id", "contract_key", "customer_id", "plan_id", "dues_cents")
             .join(self.customer_keys, on="customer_id")
@@ -211,10 +212,13 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
     keys = customer_days.select("customer_id", "business_date")
     # Tonight's dues of a customer: those posted by every facility-day (at any facility, in any
     # time zone) that ran by the home facility's run tonight with a business date up to the
-    # home's, and were not counted by the home's previous run. A contract's facility west of the
-    # home runs later, so its dues of D are billed with the home's D+1 run; a facility more than
-    # 24 hours east (Kiritimati D+1 runs before Pago Pago D) waits for the home's D+1 too. The
-    # same in Dagster (windows in order) and with `run` (a date at a time).
+    # home's, and were not counted by the home's previous run: each facility-day is counted by
+    # one home run. A contract's facility west of the home runs later, so its dues of D are
+    # billed with the home's D+1 run (D+2 for a facility more than 24 hours west); a facility
+    # more than 24 hours east (Kiritimati D+1 runs before Pago Pago D) waits for the home's D+1
+    # too. The same in Dagster (windows in order) and with `run` (a date at a time). The run
+    # instants are the scheduled ones: a facility-day run late, after home runs it should have
+    # fed (a backfill out of order), reaches the balance but gives no dues_posted reason.
     runs = home_runs(conn, night.facility_days)
     counted = """c.run_at <= h.run_at AND c.business_date <= h.business_date
                  AND NOT (c.run_at <= h.previous_run_at AND c.business_date <= h.previous_business_date)"""

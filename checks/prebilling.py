@@ -3,7 +3,9 @@
 Both checks list what they flagged (those customers are held either way) and warn. A check
 that flagged anyone fails with ERROR, and being blocking stops the billing step of the
 partition, only when the flagged customers exceed the configured share of the customers who
-would be billed that day in the window (SPEC 1.6).
+would be billed that day in the window (SPEC 1.6) on every facility-day of the partition. A
+window holding two business dates can block one and not the other: then the checks warn, their
+metadata names the blocked facility-days, billing runs and those customers stay held.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ def check_results(out: dict[str, pl.DataFrame], listed: int = 50) -> list[dg.Ass
         "window_flagged_share": share,
         "max_share": max_share,
         "blocked_facility_days": blocked.height,
+        "blocked": ", ".join(f"{f} {d}" for f, d in blocked.select("facility_id", "business_date").iter_rows()) or "none",
         "billing": ("BLOCKED: dues posted, no one charged" if whole_window
                     else f"blocked for {blocked.height} facility-days of one business date (held)" if blocked.height
                     else "allowed"),

@@ -10,7 +10,7 @@ from assets.definitions import build_definitions
 from assets.schedules import NIGHTLY_JOB
 from billing_pipeline.facility_clock import partition_key, run_instant
 from billing_pipeline.runner import RunOptions, run_dates
-from tests.factories import D, card, contract, customer, facility, write_export
+from tests.factories import D, card, contract, customer, facility, plan, write_export
 
 BERLIN_2026_03_02 = "2026-03-02-01:00"  # 03:00 CET = 02:00 UTC, the window (01:00, 02:00]
 
@@ -127,23 +127,29 @@ def test_half_hour_zone_facility_lands_in_its_own_window(tmp_path):
     assert execute(defs, "2026-03-01-22:00").success
 
 
-@pytest.mark.parametrize("home, away, start", [
-    (("NY", "America/New_York"), ("LA", "America/Los_Angeles"), D(2026, 3, 2)),
-    (("PPG", "Pacific/Pago_Pago"), ("KIR", "Pacific/Kiritimati"), D(2026, 3, 3)),
-], ids=["away_three_hours_west", "away_more_than_a_day_east"])
-def test_contract_in_another_time_zone_than_the_home_is_billed_once_and_alike(tmp_path, home, away, start):
+@pytest.mark.parametrize("home, away, start, home_start, billed_on", [
+    (("NY", "America/New_York"), ("LA", "America/Los_Angeles"), D(2026, 3, 2), None, [D(2026, 3, 3)]),
+    (("PPG", "Pacific/Pago_Pago"), ("KIR", "Pacific/Kiritimati"), D(2026, 3, 3), None, [D(2026, 3, 3)]),
+    # Billed on D for a home contract: the balance of D must not include Kiritimati's D+1 dues.
+    (("PPG", "Pacific/Pago_Pago"), ("KIR", "Pacific/Kiritimati"), D(2026, 3, 3), D(2026, 3, 2),
+     [D(2026, 3, 2), D(2026, 3, 3)]),
+], ids=["away_three_hours_west", "away_more_than_a_day_east", "away_more_than_a_day_east_with_home_dues"])
+def test_contract_in_another_time_zone_than_the_home_is_billed_once_and_alike(tmp_path, home, away, start,
+                                                                               home_start, billed_on):
     """C1 lives at `home` and holds a contract at `away`. Los Angeles's day D runs three hours
     after New York's, so its dues of D are billed by New York's next run. Kiritimati (UTC+14)
     runs its D+1 an hour before Pago Pago (UTC-11) runs D, and its dues of D+1 wait for Pago
-    Pago's D+1. In Dagster (windows in order) and with `run` (a date at a time) alike: billed
-    once, on D+1, with the reason dues_posted."""
+    Pago's D+1 (also out of the balance billed on D). In Dagster (windows in order) and with
+    `run` (a date at a time) alike: each period billed once, with the reason dues_posted."""
     (home_id, home_tz), (away_id, away_tz) = home, away
+    contracts = [contract("K1", facility_id=away_id, start_date=start)]
+    if home_start is not None:  # another plan: two contracts for one plan would be a duplicate
+        contracts.append(contract("K0", facility_id=home_id, plan_id="PT", start_date=home_start))
     data = write_export(
         tmp_path / "data",
         facilities=[facility(facility_id=home_id, timezone=home_tz), facility(facility_id=away_id, timezone=away_tz)],
-        customers=[customer("C1", facility_id=home_id)],
-        contracts=[contract("K1", facility_id=away_id, start_date=start)],
-        payment_methods=[card("C1")])
+        plans=[plan(), plan(plan_id="PT", name="Personal training", contract_type="program")],
+        customers=[customer("C1", facility_id=home_id)], contracts=contracts, payment_methods=[card("C1")])
     day, next_day = D(2026, 3, 2), D(2026, 3, 3)
     windows = sorted({partition_key(run_instant(tz, d)) for tz in (home_tz, away_tz) for d in (day, next_day)})
     assert len(windows) == 4
@@ -155,10 +161,11 @@ def test_contract_in_another_time_zone_than_the_home_is_billed_once_and_alike(tm
     for db in (by_dagster, by_cli):
         with duckdb.connect(str(db), read_only=True) as conn:
             billed = conn.sql("SELECT business_date, facility_id, customer_id, reasons, balance_cents "
-                              "FROM billable_customers").fetchall()
-            charged = conn.sql("SELECT business_date, facility_id, amount_cents, outcome FROM billing_attempts").fetchall()
-        assert billed == [(next_day, home_id, "C1", ["dues_posted"], 5000)], db.name
-        assert charged == [(next_day, home_id, 5000, "approved")], db.name
+                              "FROM billable_customers ORDER BY 1").fetchall()
+            charged = conn.sql("SELECT business_date, facility_id, amount_cents, outcome FROM billing_attempts "
+                               "ORDER BY 1").fetchall()
+        assert billed == [(d, home_id, "C1", ["dues_posted"], 5000) for d in billed_on], db.name
+        assert charged == [(d, home_id, 5000, "approved") for d in billed_on], db.name
 
 
 def test_window_with_two_business_dates_blocks_each_date_apart_and_alike(tmp_path):
@@ -185,15 +192,19 @@ def test_window_with_two_business_dates_blocks_each_date_apart_and_alike(tmp_pat
     evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
     check = evaluations["recurring_dues_have_payment_method"]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.metadata["blocked"].value == "KIR 2026-03-03"  # named in the UI
     assert "charging" in {e.step_key for e in result.all_events if e.event_type_value == "STEP_START"}
-    run_dates(data, by_cli, day, day, "HNL", RunOptions(), echo=lambda _: None)
-    run_dates(data, by_cli, next_day, next_day, "KIR", RunOptions(), echo=lambda _: None)
+    # `run` a date at a time, every facility: the window's two facility-days are in two runs.
+    summaries = run_dates(data, by_cli, day, next_day, None, RunOptions(), echo=lambda _: None)
+    assert [s.blocked_facility_days for s in summaries] == [[], [f"KIR {next_day}"]]  # `run` exits 3
+    window_days = "(facility_id, business_date) IN (('HNL', DATE '2026-03-02'), ('KIR', DATE '2026-03-03'))"
     for db in (by_dagster, by_cli):
         with duckdb.connect(str(db), read_only=True) as conn:
             blocks = conn.sql("SELECT facility_id, business_date, window_flagged_share, blocked "
-                              "FROM billing_blocks ORDER BY 1").fetchall()
-            held = conn.sql("SELECT facility_id, customer_id, hold_reason FROM billable_customers ORDER BY 1, 2").fetchall()
-            charged = conn.sql("SELECT facility_id, customer_id, outcome FROM billing_attempts").fetchall()
+                              f"FROM billing_blocks WHERE {window_days} ORDER BY 1").fetchall()
+            held = conn.sql("SELECT facility_id, customer_id, hold_reason FROM billable_customers "
+                            f"WHERE {window_days} ORDER BY 1, 2").fetchall()
+            charged = conn.sql(f"SELECT facility_id, customer_id, outcome FROM billing_attempts WHERE {window_days}").fetchall()
         assert blocks == [("HNL", day, 0.0, False), ("KIR", next_day, 0.5, True)], db.name
         assert held == [("HNL", "C1", None), ("KIR", "C2", "no_payment_method"), ("KIR", "C3", "billing_blocked")], db.name
         assert charged == [("HNL", "C1", "approved")], db.name
