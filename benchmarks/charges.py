@@ -22,6 +22,8 @@ from pathlib import Path
 from benchmarks.common import write_json
 
 DAY = dt.date(2026, 3, 28)
+# max_in_flight:batch_size:charges: the 64 and 256 in flight, and the defaults
+DEFAULT_CONFIGS = "64:64:6400,256:64:25600,8000:2000:400000"
 
 
 def build(n: int):
@@ -94,7 +96,7 @@ def measure(n: int, max_in_flight: int, batch_size: int, latency_s: float, recor
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--configs", default="64:64:6400,256:64:25600,8000:2000:400000",
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS,
                         help="max_in_flight:batch_size:charges, comma-separated")
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--no-controls", action="store_true")

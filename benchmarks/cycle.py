@@ -87,7 +87,7 @@ def instrument(timers: Timers) -> list[str]:
     for attr, name in [("maintenance", "maintenance"), ("post_dues", "dues"), ("select_billable", "billable"),
                        ("charge", "charging"), ("run_charges", "gateway"), ("query", "query"),
                        ("insert", "insert"), ("replace_facility_days", "write"),
-                       ("previous_business_dates", "previous_business_dates"),
+                       ("previous_runs", "previous_runs"),
                        ("status_changes_since_last_day", "status_changes_since_last_day"),
                        ("balances", "balances")]:
         patch(cycle, attr, name)

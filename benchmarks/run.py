@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import generate as gen
+from benchmarks.charges import DEFAULT_CONFIGS
 from benchmarks.common import (
     BENCH,
     BUSINESS_DATE,
@@ -380,7 +381,7 @@ def main() -> None:
                         help="run the per-row baseline only where its time estimate is below this; else extrapolate")
     parser.add_argument("--per-row-max-gib", type=float, default=8.0,
                         help="... and where its memory estimate (Python objects, linear in size) is below this")
-    parser.add_argument("--charge-configs", default="64:64:6400,256:64:25600,8000:2000:400000",
+    parser.add_argument("--charge-configs", default=DEFAULT_CONFIGS,
                         help="charge throughput runs, max_in_flight:batch_size:charges")
     parser.add_argument("--profile", action="store_true", help="run each cycle under py-spy (raw stacks in --out)")
     parser.add_argument("--keep-db", action="store_true", help="keep each size's DuckDB file (path in the JSON)")

@@ -123,9 +123,12 @@ class Night:
                           on=["facility_id", "business_date"], how="semi")
 
 
-def previous_business_dates(conn: duckdb.DuckDBPyConnection, facility_days: pl.DataFrame) -> pl.DataFrame:
+def previous_runs(conn: duckdb.DuckDBPyConnection, facility_days: pl.DataFrame) -> pl.DataFrame:
+    """Each facility-day with the business date and run instant of the facility's last processed
+    day before it (null on its first night)."""
     return query(conn, """
-        SELECT d.facility_id, d.business_date, max(p.business_date) AS previous_business_date
+        SELECT d.facility_id, d.business_date, max(p.business_date) AS previous_business_date,
+               max(p.run_at) AS previous_run_at
         FROM _days d LEFT JOIN processed_days p
           ON p.facility_id = d.facility_id AND p.business_date < d.business_date
         GROUP BY ALL""", _days=facility_days.select("facility_id", "business_date"))
@@ -157,7 +160,7 @@ def maintenance(conn: duckdb.DuckDBPyConnection, night: Night) -> dict[str, pl.D
     days = night.facility_days
     refuse_superseded_days(conn, days)
     statuses = night.contracts.select("business_date", "facility_id", "contract_id", "customer_id", "status")
-    days_with_previous = days.join(previous_business_dates(conn, days), on=["facility_id", "business_date"])
+    days_with_previous = days.join(previous_runs(conn, days).drop("previous_run_at"), on=["facility_id", "business_date"])
     changes = night.changes.join(night.inputs.contracts.select("contract_id", "facility_id"), on="contract_id")
     errors = contract_status.status_change_errors(changes.lazy(), days_with_previous.lazy()).collect()
     with transaction(conn):
@@ -222,20 +225,22 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
     runs = home_runs(conn, night.facility_days)
     counted = """c.run_at <= h.run_at AND c.business_date <= h.business_date
                  AND NOT (c.run_at <= h.previous_run_at AND c.business_date <= h.previous_business_date)"""
+    # due_contracts holds every period due (before holds), dues_postings those that posted.
     due = query(conn, f"""
-        WITH due AS (SELECT c.customer_id, c.amount_cents, c.business_date, p.run_at FROM due_contracts c
-                     JOIN processed_days p USING (facility_id, business_date) WHERE c.business_date >= $since),
-             posted AS (SELECT c.customer_id, c.amount_cents, c.business_date, p.run_at FROM dues_postings c
-                        JOIN processed_days p USING (facility_id, business_date) WHERE c.business_date >= $since),
+        WITH dues AS (SELECT customer_id, amount_cents, business_date, facility_id, false AS posted FROM due_contracts
+                      WHERE business_date >= $since
+                      UNION ALL
+                      SELECT customer_id, amount_cents, business_date, facility_id, true FROM dues_postings
+                      WHERE business_date >= $since),
              homes AS (SELECT k.customer_id, k.business_date, r.run_at, r.previous_run_at, r.previous_business_date
-                       FROM _keys k JOIN _runs r USING (facility_id, business_date)),
-             due_tonight AS (SELECT h.customer_id, h.business_date, sum(c.amount_cents)::BIGINT AS due_cents
-                             FROM homes h JOIN due c ON c.customer_id = h.customer_id AND {counted} GROUP BY ALL),
-             posted_tonight AS (SELECT h.customer_id, h.business_date, sum(c.amount_cents)::BIGINT AS posted_cents
-                                FROM homes h JOIN posted c ON c.customer_id = h.customer_id AND {counted}
-                                GROUP BY ALL)
-        SELECT d.customer_id, d.business_date, d.due_cents, p.posted_cents
-        FROM due_tonight d LEFT JOIN posted_tonight p USING (customer_id, business_date)""",
+                       FROM _keys k JOIN _runs r USING (facility_id, business_date))
+        SELECT h.customer_id, h.business_date,
+               sum(c.amount_cents) FILTER (WHERE NOT c.posted)::BIGINT AS due_cents,
+               sum(c.amount_cents) FILTER (WHERE c.posted)::BIGINT AS posted_cents
+        FROM homes h
+        JOIN (dues d JOIN processed_days p USING (facility_id, business_date)) c
+          ON c.customer_id = h.customer_id AND {counted}
+        GROUP BY ALL HAVING count(*) FILTER (WHERE NOT c.posted) > 0""",
                 _keys=customer_days.select("customer_id", "business_date", "facility_id"), _runs=runs,
                 params={"since": earliest_date(runs.get_column("previous_run_at"))})
     last_attempts = query(conn, """
@@ -294,16 +299,13 @@ def earliest_date(instants: pl.Series) -> dt.date:
 
 
 def home_runs(conn: duckdb.DuckDBPyConnection, facility_days: pl.DataFrame) -> pl.DataFrame:
-    """Each facility-day's run instant, and the run instant and business date of the facility's
-    previous processed day (on its first night, the same instant a day earlier, the day before)."""
-    return query(conn, """
-        SELECT d.facility_id, d.business_date, d.run_at,
-               coalesce(max(p.run_at), d.run_at - INTERVAL 1 DAY) AS previous_run_at,
-               coalesce(max(p.business_date), d.business_date - 1) AS previous_business_date
-        FROM _days d LEFT JOIN processed_days p
-          ON p.facility_id = d.facility_id AND p.business_date < d.business_date
-        GROUP BY d.facility_id, d.business_date, d.run_at""",
-                 _days=facility_days.select("facility_id", "business_date", "run_at"))
+    """Each facility-day's run instant with `previous_runs` (on its first night, the same instant a
+    day earlier and the day before)."""
+    day, instant = pl.duration(days=1), facility_days.schema["run_at"]
+    return (facility_days.select("facility_id", "business_date", "run_at")
+            .join(previous_runs(conn, facility_days), on=["facility_id", "business_date"])
+            .with_columns(pl.coalesce(pl.col("previous_run_at").cast(instant), pl.col("run_at") - day),
+                          pl.coalesce("previous_business_date", pl.col("business_date") - day)))
 
 
 def balances(conn: duckdb.DuckDBPyConnection, night: Night, keys: pl.DataFrame) -> pl.DataFrame:
@@ -336,8 +338,8 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
     with transaction(conn):
         new = query(conn, "SELECT p.* FROM _planned p ANTI JOIN charge_requests r USING (idempotency_key)",
                     _planned=planned)
-        insert(conn, "charge_requests", new.sort("idempotency_key")  # key order: cheaper for the index
-               .with_columns(pl.lit(dt.datetime.now(dt.timezone.utc)).alias("requested_at")))
+        insert(conn, "charge_requests", new.with_columns(pl.lit(dt.datetime.now(dt.timezone.utc)).alias("requested_at")),
+               key="idempotency_key")
     pending = query(conn, """
         SELECT r.* FROM charge_requests r JOIN _days d USING (facility_id, business_date)
         ANTI JOIN billing_attempts a USING (idempotency_key) ORDER BY r.idempotency_key""",
@@ -347,10 +349,9 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
                               (pl.col("amount_cents") + pl.col("surcharge_cents")).alias("charge_cents"))
 
     def record(outcomes: pl.DataFrame) -> None:
-        attempts = (outcomes.drop("token", "charge_cents").rename({"reference": "gateway_reference"})
-                    .sort("idempotency_key"))  # key order: cheaper for the primary-key index
+        attempts = outcomes.drop("token", "charge_cents").rename({"reference": "gateway_reference"})
         with transaction(conn):
-            insert(conn, "billing_attempts", attempts.drop("surcharge_product_id"))
+            insert(conn, "billing_attempts", attempts.drop("surcharge_product_id"), key="idempotency_key")
             ledger.post_entries(conn, ledger.billing_entries(attempts.filter(pl.col("outcome") == "approved")))
 
     sent = run_charges(requests, gateway, settings.charging, record)
@@ -382,7 +383,7 @@ def run_night(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGat
     posted, _ = post_dues(conn, night)
     night.forget("changes", "timeline", "contracts", "keyed_contracts")
     selected = select_billable(conn, night, settings)
-    night.forget("customer_days", "customer_keys", "customer_contracts", "duplicates", "without_payment_method")
+    night.forget("customer_days", "duplicates", "without_payment_method")
     attempts, _ = charge(conn, night, gateway, settings)
     problems = {name: frame.height for name, frame in ledger.ledger_problems(conn).items()}
     blocks = selected["billing_blocks"].filter(pl.col("blocked"))

