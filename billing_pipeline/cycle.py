@@ -44,20 +44,61 @@ class Night:
         return contract_status.with_contract_key(self.inputs.contracts)
 
     @cached_property
+    def routed(self) -> pl.DataFrame:
+        """The batch's contracts with plan, customer and facility (before their status)."""
+        i = self.inputs
+        return dues.contracts_for_days(self.keyed_contracts.lazy(), i.customers.lazy(), i.facilities.lazy(),
+                                       i.plans.lazy(), self.facility_days.lazy()).collect()
+
+    @cached_property
+    def customer_keys(self) -> pl.DataFrame:
+        """(customer_id, business_date) of every customer the batch touches: billed at a home
+        facility of the batch, or owning a contract processed in it."""
+        at_home = self.customer_days.select("customer_id", "business_date")  # unique already
+        # Anti join first: at 10M contracts a unique over both would hash 18M keys.
+        elsewhere = (self.routed.lazy().select("customer_id", "business_date")
+                     .join(at_home.lazy(), on=["customer_id", "business_date"], how="anti").unique().collect())
+        return pl.concat([at_home, elsewhere])
+
+    @cached_property
+    def elsewhere(self) -> pl.DataFrame:
+        """Contracts processed elsewhere (another facility's window) but owned by the batch's
+        customers: a duplicate or a missing payment method is the customer's, wherever the contract is."""
+        i = self.inputs
+        return (
+            self.keyed_contracts.lazy().filter(
+                ~pl.col("facility_id").is_in(self.facility_days.get_column("facility_id").implode())
+                # a contract of an unknown facility is processed at its customer's home (or, with
+                # neither known, at the first facility): its own batch has it, not this one
+                & pl.col("facility_id").is_in(i.facilities.get_column("facility_id").implode()))
+            .select("contract_id", "contract_key", "customer_id", "plan_id", "dues_cents")
+            .join(self.customer_keys.lazy(), on="customer_id")
+            .join(i.plans.lazy().select("plan_id", "contract_type", pl.col("dues_cents").alias("plan_dues_cents")),
+                  on="plan_id", how="left")
+            .with_columns(pl.coalesce("dues_cents", "plan_dues_cents").alias("amount_cents"))
+        ).collect()
+
+    @cached_property
+    def own_contracts(self) -> pl.DataFrame:
+        """The export's contracts whose status the batch needs: its own and its customers' others.
+        A Dagster window of 100 facilities builds the timelines of their contracts, not of all 10M."""
+        keys = pl.concat([self.routed.get_column("contract_key"), self.elsewhere.get_column("contract_key")])
+        if keys.len() == self.keyed_contracts.height and keys.n_unique() == keys.len():
+            return self.keyed_contracts  # every contract (a date for every facility): no copy
+        return self.keyed_contracts[keys.unique().sort()]  # contract_key is the row number
+
+    @cached_property
     def changes(self) -> pl.DataFrame:
-        return contract_status.applied_changes(self.keyed_contracts.lazy(), self.inputs.status_changes.lazy()).collect()
+        return contract_status.applied_changes(self.own_contracts.lazy(), self.inputs.status_changes.lazy()).collect()
 
     @cached_property
     def timeline(self) -> pl.DataFrame:
-        return contract_status.status_timeline(self.keyed_contracts.lazy(), self.changes.lazy()).collect()
+        return contract_status.status_timeline(self.own_contracts.lazy(), self.changes.lazy()).collect()
 
     @cached_property
     def contracts(self) -> pl.DataFrame:
         """The batch's contracts with plan, customer, facility and their status on D."""
-        i = self.inputs
-        processed = dues.contracts_for_days(self.keyed_contracts.lazy(), i.customers.lazy(), i.facilities.lazy(),
-                                            i.plans.lazy(), self.facility_days.lazy()).collect()
-        return contract_status.status_on(self.timeline.lazy(), processed.lazy(), "business_date").collect()
+        return contract_status.status_on(self.timeline.lazy(), self.routed.lazy(), "business_date").collect()
 
     @cached_property
     def customer_days(self) -> pl.DataFrame:
@@ -66,37 +107,11 @@ class Night:
         return self.inputs.customers.lazy().select("customer_id", "facility_id").join(settings, on="facility_id").collect()
 
     @cached_property
-    def customer_keys(self) -> pl.DataFrame:
-        """(customer_id, business_date) of every customer the batch touches: billed at a home
-        facility of the batch, or owning a contract processed in it."""
-        at_home = self.customer_days.select("customer_id", "business_date")  # unique already
-        # Anti join first: at 10M contracts a unique over both would hash 18M keys.
-        elsewhere = (self.contracts.lazy().select("customer_id", "business_date")
-                     .join(at_home.lazy(), on=["customer_id", "business_date"], how="anti").unique().collect())
-        return pl.concat([at_home, elsewhere])
-
-    @cached_property
     def customer_contracts(self) -> pl.DataFrame:
-        """Every contract of those customers, at any facility, with its dues and status on D:
-        a duplicate or a missing payment method is the customer's, wherever the contract is."""
-        i = self.inputs
+        """Every contract of the batch's customers, at any facility, with its dues and status on D."""
         columns = ["contract_id", "customer_id", "plan_id", "contract_type", "business_date", "amount_cents", "status"]
-        own = self.contracts.select(columns)
-        # Contracts processed elsewhere (another facility's window) but owned by these customers.
-        elsewhere = (
-            self.keyed_contracts.filter(
-                ~pl.col("facility_id").is_in(self.facility_days.get_column("facility_id").implode())
-                # a contract of an unknown facility is processed at its customer's home (or, with
-                # neither known, at the first facility): its own batch has it, not this one
-                & pl.col("facility_id").is_in(i.facilities.get_column("facility_id").implode()))
-            .select("contract_id", "contract_key", "customer_id", "plan_id", "dues_cents")
-            .join(self.customer_keys, on="customer_id")
-            .join(i.plans.select("plan_id", "contract_type", pl.col("dues_cents").alias("plan_dues_cents")),
-                  on="plan_id", how="left")
-            .with_columns(pl.coalesce("dues_cents", "plan_dues_cents").alias("amount_cents"))
-        )
-        elsewhere = contract_status.status_on(self.timeline.lazy(), elsewhere.lazy(), "business_date").collect()
-        return pl.concat([own, elsewhere.select(columns)])
+        elsewhere = contract_status.status_on(self.timeline.lazy(), self.elsewhere.lazy(), "business_date").collect()
+        return pl.concat([self.contracts.select(columns), elsewhere.select(columns)])
 
     @cached_property
     def usable_methods(self) -> pl.DataFrame:
@@ -265,7 +280,7 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
     qualifying = (night.customer_contracts.filter(pl.col("status").is_in(contract_status.IN_EFFECT)
                                          & pl.col("contract_type").is_in(billable_rules.QUALIFYING_TYPES))
                   .select("customer_id", "business_date").unique())
-    night.forget("customer_contracts", "customer_keys")  # 10M contracts' rows: not needed from here on
+    night.forget("customer_contracts", "customer_keys", "elsewhere")  # 10M contracts' rows: not needed from here on
     with_reasons = billable_rules.with_reasons(customer_days.lazy(), due.lazy(), last_attempts.lazy(),
                                                qualifying.lazy()).collect()
     owed = balances(conn, night, with_reasons.select("customer_id", "business_date", "run_at"))
@@ -381,7 +396,7 @@ def run_night(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGat
               settings: CycleSettings) -> NightSummary:
     maintenance(conn, night)
     posted, _ = post_dues(conn, night)
-    night.forget("changes", "timeline", "contracts", "keyed_contracts")
+    night.forget("changes", "timeline", "contracts", "routed", "own_contracts", "keyed_contracts")
     selected = select_billable(conn, night, settings)
     night.forget("customer_days", "duplicates", "without_payment_method")
     attempts, _ = charge(conn, night, gateway, settings)

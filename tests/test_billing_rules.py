@@ -506,3 +506,27 @@ def test_a_contract_at_another_facility_is_not_flagged_without_payment_method():
     night = night_for(["F2"], day, facilities=TWO_ZONES, customers=[customer("C1", facility_id="F1")],
                       contracts=[contract("K2", facility_id="F2")], payment_methods=[card("C1")])
     assert night.without_payment_method.height == 0, night.without_payment_method
+
+
+def test_a_window_works_out_the_status_of_its_own_contracts_and_its_customers_others_only():
+    """A Dagster window of 100 facilities out of 1,000 must not build 10M contracts' timelines: it
+    takes the contracts its facilities process (a contract of an unknown facility goes to its
+    customer's home) and the other contracts of its customers, with the same statuses as a batch
+    of every facility."""
+    day = D(2026, 3, 10)
+    la = facility(facility_id="F3", name="Los Angeles", timezone="America/Los_Angeles")
+    tables = dict(
+        facilities=[*TWO_ZONES, la],
+        customers=[customer("C1", facility_id="F1"), customer("C2", facility_id="F3")],
+        contracts=[contract("K1", facility_id="F1"), contract("K2", facility_id="F2"),
+                   contract("K3", customer_id="C2", facility_id="F3"), contract("K4", facility_id="FX")],
+        status_changes=[change("S1", "K2", "freeze", D(2026, 3, 1)), change("S2", "K3", "freeze", D(2026, 3, 1))],
+        payment_methods=[card("C1"), card("C2")])
+    window = night_for(["F1"], day, **tables)
+    every = night_for(["F1", "F2", "F3"], day, **tables)
+
+    assert sorted(window.own_contracts["contract_id"]) == ["K1", "K2", "K4"]
+    assert every.own_contracts.height == 4
+    statuses = dict(zip(window.customer_contracts["contract_id"], window.customer_contracts["status"]))
+    assert statuses == {"K1": "active", "K2": "frozen", "K4": "active"}
+    assert statuses == {k: s for k, s in zip(every.contracts["contract_id"], every.contracts["status"]) if k != "K3"}
