@@ -9,6 +9,7 @@ from assets.resources import (BillingSettings, ExportFolder, GatewayResource, Wa
                               warehouse_table)
 from billing_pipeline import cycle
 from checks import prebilling
+from billing_pipeline.warehouse.ledger import ledger_problems
 from checks.ledger import ledger_check_result, ledger_check_spec
 
 BILLABLE_CUSTOMERS = prebilling.BILLABLE_CUSTOMERS
@@ -69,7 +70,7 @@ def charging(context: dg.AssetExecutionContext, export: ExportFolder, warehouse:
     try:
         with warehouse.get().connect() as conn:
             attempts, sent = cycle.charge(conn, night, gw, billing.cycle())
-            ledger = ledger_check_result(conn, BILLING_ATTEMPTS)
+            ledger = ledger_check_result(ledger_problems(conn, night.facility_days), BILLING_ATTEMPTS)
     finally:
         gw.close()
     outcomes = attempts.group_by("outcome").len().sort("outcome")

@@ -6,6 +6,7 @@ from assets.maintenance import CONTRACT_STATUS_DAILY
 from assets.partitions import facility_day_windows
 from assets.resources import ExportFolder, WarehouseResource, frame_metadata, warehouse_table
 from billing_pipeline import cycle
+from billing_pipeline.warehouse.ledger import ledger_problems
 from checks.ledger import ledger_check_result, ledger_check_spec
 
 DUE_CONTRACTS = dg.AssetKey("due_contracts")
@@ -30,7 +31,7 @@ def dues_posting(context: dg.AssetExecutionContext, export: ExportFolder, wareho
     night = export.night(context.partition_key)
     with warehouse.get().connect() as conn:
         out, new_entries = cycle.post_dues(conn, night)
-        ledger = ledger_check_result(conn, DUES_POSTINGS)
+        ledger = ledger_check_result(ledger_problems(conn, night.facility_days), DUES_POSTINGS)
     yield dg.MaterializeResult(asset_key=DUE_CONTRACTS, metadata=frame_metadata(out["due_contracts"]))
     yield dg.MaterializeResult(asset_key=DUES_POSTINGS, metadata={
         **frame_metadata(out["dues_postings"]), "new_ledger_entries": new_entries,

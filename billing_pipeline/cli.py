@@ -115,6 +115,23 @@ def run(data: Path, db: Path, date: dt.date, through: dt.date | None, facility: 
              "see tables billing_blocks, duplicate_contracts, recurring_dues_without_payment_method", EXIT_BLOCKED)
 
 
+@main.command("audit-ledger")
+@click.option("--db", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The warehouse DuckDB file.")
+def audit_ledger(db: Path) -> None:
+    """The full ledger audit (every customer, every key), recorded in table ledger_audits."""
+    from billing_pipeline.warehouse.ledger import audit
+    from billing_pipeline.warehouse.store import Warehouse
+
+    with Warehouse(db).connect() as conn:
+        problems, record = audit(conn)
+    click.echo(f"{record['ledger_entries']:,} ledger entries, {record['customers']:,} customers: "
+               + ("balanced, no key twice" if not record["problems"] else
+                  ", ".join(f"{name} {frame.height}" for name, frame in problems.items() if frame.height)))
+    if record["problems"]:
+        fail("the ledger audit failed: see the ledger, customer_balances and ledger_audits tables", EXIT_LEDGER)
+
+
 @main.command()
 @click.option("--dir", "workdir", default=Path("demo"), show_default=True, type=click.Path(path_type=Path))
 @click.option("--days", default=7, show_default=True, type=click.IntRange(1, 31))

@@ -400,7 +400,7 @@ def run_night(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGat
     selected = select_billable(conn, night, settings)
     night.forget("customer_days", "duplicates", "without_payment_method")
     attempts, _ = charge(conn, night, gateway, settings)
-    problems = {name: frame.height for name, frame in ledger.ledger_problems(conn).items()}
+    problems = {name: frame.height for name, frame in ledger.ledger_problems(conn, night.facility_days).items()}
     blocks = selected["billing_blocks"].filter(pl.col("blocked"))
     outcomes = attempts.get_column("outcome")
     return NightSummary(

@@ -208,3 +208,51 @@ def test_window_with_two_business_dates_blocks_each_date_apart_and_alike(tmp_pat
         assert blocks == [("HNL", day, 0.0, False), ("KIR", next_day, 0.5, True)], db.name
         assert held == [("HNL", "C1", None), ("KIR", "C2", "no_payment_method"), ("KIR", "C3", "billing_blocked")], db.name
         assert charged == [("HNL", "C1", "approved")], db.name
+
+
+def test_daily_ledger_audit_checks_what_no_window_touched(tmp_path):
+    """A window's ledger check covers what its facility-days wrote; a balance edited by hand for a
+    customer of another facility is found by the daily audit (job and CLI), recorded in ledger_audits."""
+    from click.testing import CliRunner
+
+    from assets.audit import AUDIT_JOB
+    from billing_pipeline.cli import main
+
+    berlin, new_york = facility(), facility(facility_id="F2", name="New York", timezone="America/New_York")
+    data = write_export(tmp_path / "data", facilities=[berlin, new_york],
+                        customers=[customer("C1"), customer("C2", facility_id="F2")],
+                        contracts=[contract("K1"), contract("K2", customer_id="C2", facility_id="F2")],
+                        payment_methods=[card("C1"), card("C2")])
+    db = tmp_path / "billing.duckdb"
+    defs, instance = build_definitions(str(data), str(db)), dg.DagsterInstance.ephemeral()
+    new_york_2026_03_02 = partition_key(run_instant("America/New_York", D(2026, 3, 2)))
+    assert execute(defs, new_york_2026_03_02, instance).success
+    audit = defs.resolve_job_def(AUDIT_JOB)
+    first = audit.execute_in_process(instance=instance, raise_on_error=False)
+    assert [e.passed for e in first.get_asset_check_evaluations()] == [True]
+
+    with duckdb.connect(str(db.with_name("billing.writer.duckdb"))) as writer:  # outside the pipeline
+        writer.execute("UPDATE customer_balances SET balance_cents = balance_cents + 1 WHERE customer_id = 'C2'")
+    berlin_window = execute(defs, BERLIN_2026_03_02, instance)
+    assert berlin_window.success
+    assert {e.passed for e in berlin_window.get_asset_check_evaluations() if e.check_name == "ledger_balances"} == {True}
+
+    second = audit.execute_in_process(instance=instance, raise_on_error=False)
+    (evaluation,) = second.get_asset_check_evaluations()
+    assert not evaluation.passed and evaluation.metadata["balance_mismatches"].value == 1
+    assert "C2" in evaluation.metadata["balance_mismatches_sample"].value
+    cli = CliRunner().invoke(main, ["audit-ledger", "--db", str(db)])
+    assert cli.exit_code == 4 and "balance_mismatches 1" in cli.output
+    with duckdb.connect(str(db), read_only=True) as conn:
+        assert conn.execute("SELECT problems FROM ledger_audits ORDER BY audited_at").fetchall() == [(0,), (1,), (1,)]
+
+
+def test_a_windows_ledger_check_finds_a_bad_balance_of_a_customer_it_posted_to(tmp_path):
+    db = tmp_path / "billing.duckdb"
+    defs, instance = build_definitions(str(export(tmp_path)), str(db)), dg.DagsterInstance.ephemeral()
+    assert execute(defs, BERLIN_2026_03_02, instance).success
+    with duckdb.connect(str(db.with_name("billing.writer.duckdb"))) as writer:
+        writer.execute("UPDATE customer_balances SET balance_cents = balance_cents + 1 WHERE customer_id = 'C1'")
+    rerun = execute(defs, BERLIN_2026_03_02, instance)
+    failed = {(e.asset_key.to_user_string(), e.check_name) for e in rerun.get_asset_check_evaluations() if not e.passed}
+    assert failed == {("dues_postings", "ledger_balances"), ("billing_attempts", "ledger_balances")}

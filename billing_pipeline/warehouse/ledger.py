@@ -8,6 +8,8 @@ never posts twice. `customer_balances` moves in the same transaction; the ledger
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import warnings
 
 import duckdb
@@ -104,39 +106,82 @@ def last_posted_periods(conn: duckdb.DuckDBPyConnection, contract_days: pl.DataF
         GROUP BY l.contract_id""", _days=contract_days.select("contract_id", "business_date"))
 
 
-def ledger_problems(conn: duckdb.DuckDBPyConnection) -> dict[str, pl.DataFrame]:
-    """The ledger invariant: balances equal debits minus credits, and no key appears twice."""
-    return {
-        "balance_mismatches": query(conn, """
-            WITH sums AS (SELECT customer_id, sum(amount_cents)::BIGINT AS ledger_cents, count(*) AS n
-                          FROM ledger GROUP BY customer_id)
+def ledger_problems(conn: duckdb.DuckDBPyConnection,
+                    facility_days: pl.DataFrame | None = None) -> dict[str, pl.DataFrame]:
+    """The ledger invariant: balances equal debits minus credits, and no key appears twice.
+
+    With `facility_days`, the check after a run: every customer, period, payment and posting the
+    run's facility-days wrote, checked against the whole ledger (what a run did not touch cannot
+    have moved). Without, the full audit of every customer. A year of a 10M-contract chain is
+    some 250M ledger rows: a full group-by after each of the day's 25 windows would cost more
+    than the windows themselves, so the full audit runs once a day (`ledger_audit`).
+    """
+    scoped = facility_days is not None
+    if scoped:
+        dates = facility_days.get_column("business_date")
+        # The date range lets DuckDB skip row groups of other dates (the ledger grows by date).
+        params = {"lo": dates.min(), "hi": dates.max()}
+        batch = """SELECT l.* FROM ledger l JOIN _days d USING (facility_id, business_date)
+                   WHERE l.business_date BETWEEN $lo AND $hi"""
+        batch_attempts = """SELECT a.* FROM billing_attempts a JOIN _days d USING (facility_id, business_date)
+                            WHERE a.outcome = 'approved' AND a.business_date BETWEEN $lo AND $hi"""
+        batch_postings = "SELECT p.* FROM dues_postings p JOIN _days d USING (facility_id, business_date)"
+        touched = "WHERE customer_id IN (SELECT customer_id FROM batch)"
+        same = "SEMI JOIN (SELECT DISTINCT {0} FROM batch) USING ({0})"
+        paid = "AND business_date BETWEEN $lo AND $hi AND customer_id IN (SELECT customer_id FROM batch)"
+        posted = "SEMI JOIN batch_postings USING (contract_id, bill_date)"
+        frames = {"_days": facility_days.select("facility_id", "business_date")}
+    else:
+        params, frames = None, {}
+        batch = "SELECT * FROM ledger"
+        batch_attempts = "SELECT * FROM billing_attempts WHERE outcome = 'approved'"
+        batch_postings = "SELECT * FROM dues_postings"
+        touched = same = paid = posted = ""
+    ctes = f"WITH batch AS ({batch}), batch_attempts AS ({batch_attempts}), batch_postings AS ({batch_postings})"
+    queries = {
+        "balance_mismatches": f"""
+            {ctes}, sums AS (SELECT customer_id, sum(amount_cents)::BIGINT AS ledger_cents, count(*) AS n
+                             FROM ledger {touched} GROUP BY customer_id)
             SELECT coalesce(s.customer_id, b.customer_id) AS customer_id, s.ledger_cents, b.balance_cents
-            FROM sums s FULL JOIN customer_balances b USING (customer_id)
+            FROM sums s FULL JOIN (SELECT * FROM customer_balances {touched}) b USING (customer_id)
             WHERE s.ledger_cents IS DISTINCT FROM b.balance_cents OR s.n IS DISTINCT FROM b.entries
-            ORDER BY 1 LIMIT 100"""),
-        "duplicate_periods": query(conn, """
-            SELECT contract_id, bill_date, count(*) AS n FROM ledger
-            WHERE kind IN ('dues', 'freeze_fee') GROUP BY ALL HAVING count(*) > 1 ORDER BY 1, 2 LIMIT 100"""),
-        "duplicate_payments": query(conn, """
-            SELECT idempotency_key, kind, count(*) AS n FROM ledger
-            WHERE kind IN ('billing_payment', 'surcharge') GROUP BY ALL HAVING count(*) > 1 ORDER BY 1 LIMIT 100"""),
-        "duplicate_entry_ids": query(conn, """
-            SELECT entry_id, count(*) AS n FROM ledger GROUP BY ALL HAVING count(*) > 1 ORDER BY 1 LIMIT 100"""),
+            ORDER BY 1 LIMIT 100""",
+        "duplicate_periods": f"""
+            {ctes} SELECT contract_id, bill_date, count(*) AS n FROM ledger {same.format("contract_id, bill_date")}
+            WHERE kind IN ('dues', 'freeze_fee') GROUP BY ALL HAVING count(*) > 1 ORDER BY 1, 2 LIMIT 100""",
+        "duplicate_payments": f"""
+            {ctes} SELECT idempotency_key, kind, count(*) AS n FROM ledger {same.format("idempotency_key")}
+            WHERE kind IN ('billing_payment', 'surcharge') GROUP BY ALL HAVING count(*) > 1 ORDER BY 1 LIMIT 100""",
+        "duplicate_entry_ids": f"""
+            {ctes} SELECT entry_id, count(*) AS n FROM ledger {same.format("entry_id")}
+            GROUP BY ALL HAVING count(*) > 1 ORDER BY 1 LIMIT 100""",
         # The ledger against what the other tables say happened: it is not only checked against
         # the code that wrote it.
-        "payments_not_matching_approved_charges": query(conn, """
-            SELECT coalesce(a.idempotency_key, l.idempotency_key) AS idempotency_key,
+        "payments_not_matching_approved_charges": f"""
+            {ctes} SELECT coalesce(a.idempotency_key, l.idempotency_key) AS idempotency_key,
                    -(a.amount_cents + a.surcharge_cents) AS charged, l.amount_cents AS posted
-            FROM (SELECT * FROM billing_attempts WHERE outcome = 'approved') a
-            FULL JOIN (SELECT * FROM ledger WHERE kind = 'billing_payment') l USING (idempotency_key)
+            FROM batch_attempts a FULL JOIN (SELECT * FROM batch WHERE kind = 'billing_payment') l USING (idempotency_key)
             WHERE l.amount_cents IS DISTINCT FROM -(a.amount_cents + a.surcharge_cents)
-            ORDER BY 1 LIMIT 100"""),
-        "customers_paid_twice_a_day": query(conn, """
-            SELECT customer_id, business_date, count(*) AS n FROM ledger WHERE kind = 'billing_payment'
-            GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL LIMIT 100"""),
-        "postings_missing_from_ledger": query(conn, """
-            SELECT p.entry_id FROM dues_postings p ANTI JOIN ledger l USING (entry_id) ORDER BY 1 LIMIT 100"""),
-        "periods_posted_on_two_days": query(conn, """
-            SELECT contract_id, bill_date, count(DISTINCT business_date) AS days FROM dues_postings
-            GROUP BY ALL HAVING count(DISTINCT business_date) > 1 ORDER BY ALL LIMIT 100"""),
+            ORDER BY 1 LIMIT 100""",
+        "customers_paid_twice_a_day": f"""
+            {ctes} SELECT customer_id, business_date, count(*) AS n FROM ledger WHERE kind = 'billing_payment' {paid}
+            GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL LIMIT 100""",
+        "postings_missing_from_ledger": f"""
+            {ctes} SELECT p.entry_id FROM batch_postings p ANTI JOIN ledger l USING (entry_id) ORDER BY 1 LIMIT 100""",
+        "periods_posted_on_two_days": f"""
+            {ctes} SELECT contract_id, bill_date, count(DISTINCT business_date) AS days FROM dues_postings {posted}
+            GROUP BY ALL HAVING count(DISTINCT business_date) > 1 ORDER BY ALL LIMIT 100""",
     }
+    return {name: query(conn, sql, params=params, **frames) for name, sql in queries.items()}
+
+
+def audit(conn: duckdb.DuckDBPyConnection) -> tuple[dict[str, pl.DataFrame], dict]:
+    """The full audit: every check over the whole ledger, recorded in `ledger_audits`."""
+    problems = ledger_problems(conn)
+    counts = {name: frame.height for name, frame in problems.items()}
+    row = conn.execute("SELECT count(*), count(DISTINCT customer_id) FROM ledger").fetchone()
+    record = {"audited_at": dt.datetime.now(dt.timezone.utc), "ledger_entries": row[0], "customers": row[1],
+              "problems": sum(counts.values()), "problems_by_check": json.dumps(counts)}
+    conn.execute("INSERT INTO ledger_audits VALUES ($audited_at, $ledger_entries, $customers, $problems, "
+                 "$problems_by_check)", record)
+    return problems, record

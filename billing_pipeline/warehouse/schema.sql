@@ -41,6 +41,11 @@ ALTER TABLE ledger ADD COLUMN IF NOT EXISTS product_id VARCHAR;  -- files writte
 CREATE TABLE IF NOT EXISTS customer_balances (
     customer_id VARCHAR PRIMARY KEY, balance_cents BIGINT NOT NULL, entries BIGINT NOT NULL);
 
+-- The daily full audit of the ledger (every customer, every key): when it ran and what it found.
+CREATE TABLE IF NOT EXISTS ledger_audits (
+    audited_at TIMESTAMPTZ NOT NULL, ledger_entries BIGINT NOT NULL, customers BIGINT NOT NULL,
+    problems BIGINT NOT NULL, problems_by_check VARCHAR NOT NULL);
+
 CREATE TABLE IF NOT EXISTS duplicate_contracts (
     business_date DATE, facility_id VARCHAR, customer_id VARCHAR, plan_id VARCHAR, contract_ids VARCHAR[]);
 
