@@ -112,9 +112,9 @@ def ledger_problems(conn: duckdb.DuckDBPyConnection,
 
     With `facility_days`, the check after a run: every customer, period, payment and posting the
     run's facility-days wrote, checked against the whole ledger (what a run did not touch cannot
-    have moved). Without, the full audit of every customer. A year of a 10M-contract chain is
-    some 250M ledger rows: a full group-by after each of the day's 25 windows would cost more
-    than the windows themselves, so the full audit runs once a day (`ledger_audit`).
+    have moved). Without, the full audit of every customer, run once a day (`ledger_audit`): at
+    33.6M ledger rows (10M contracts) it takes 9.9 s, a 200-facility window's check 2.4 s, and a
+    day has some 25 windows.
     """
     scoped = facility_days is not None
     if scoped:
@@ -172,6 +172,10 @@ def ledger_problems(conn: duckdb.DuckDBPyConnection,
             {ctes} SELECT contract_id, bill_date, count(DISTINCT business_date) AS days FROM dues_postings {posted}
             GROUP BY ALL HAVING count(DISTINCT business_date) > 1 ORDER BY ALL LIMIT 100""",
     }
+    if scoped:
+        # The primary key refuses a second entry id; only the daily audit confirms it, as a scan
+        # of every entry id (a third of a window's check at 33M ledger rows).
+        del queries["duplicate_entry_ids"]
     return {name: query(conn, sql, params=params, **frames) for name, sql in queries.items()}
 
 
@@ -179,7 +183,7 @@ def audit(conn: duckdb.DuckDBPyConnection) -> tuple[dict[str, pl.DataFrame], dic
     """The full audit: every check over the whole ledger, recorded in `ledger_audits`."""
     problems = ledger_problems(conn)
     counts = {name: frame.height for name, frame in problems.items()}
-    row = conn.execute("SELECT count(*), count(DISTINCT customer_id) FROM ledger").fetchone()
+    (row,) = conn.execute("SELECT count(*), count(DISTINCT customer_id) FROM ledger").fetchall()
     record = {"audited_at": dt.datetime.now(dt.timezone.utc), "ledger_entries": row[0], "customers": row[1],
               "problems": sum(counts.values()), "problems_by_check": json.dumps(counts)}
     conn.execute("INSERT INTO ledger_audits VALUES ($audited_at, $ledger_entries, $customers, $problems, "
