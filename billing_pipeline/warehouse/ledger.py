@@ -113,8 +113,8 @@ def ledger_problems(conn: duckdb.DuckDBPyConnection,
     With `facility_days`, the check after a run: every customer, period, payment and posting the
     run's facility-days wrote, checked against the whole ledger (what a run did not touch cannot
     have moved). Without, the full audit of every customer, run once a day (`ledger_audit`): at
-    33.6M ledger rows (10M contracts) it takes 9.9 s, a 200-facility window's check 2.4 s, and a
-    day has some 25 windows.
+    33.6M ledger rows (10M contracts) it takes 11 s, a 200-facility window's check 1.4 s
+    (`benchmarks.ledger_check`), and a day has some 25 windows.
     """
     scoped = facility_days is not None
     if scoped:
