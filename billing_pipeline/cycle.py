@@ -82,9 +82,10 @@ class Night:
     def own_contracts(self) -> pl.DataFrame:
         """The export's contracts whose status the batch needs: its own and its customers' others.
         A Dagster window of 100 facilities builds the timelines of their contracts, not of all 10M."""
-        keys = pl.concat([self.routed.get_column("contract_key"), self.elsewhere.get_column("contract_key")])
-        if keys.len() == self.keyed_contracts.height and keys.n_unique() == keys.len():
-            return self.keyed_contracts  # every contract (a date for every facility): no copy
+        routed = self.routed.get_column("contract_key")
+        if routed.len() == self.keyed_contracts.height and routed.n_unique() == routed.len():
+            return self.keyed_contracts  # a date for every facility: every contract, no copy
+        keys = pl.concat([routed, self.elsewhere.get_column("contract_key")])
         return self.keyed_contracts[keys.unique().sort()]  # contract_key is the row number
 
     @cached_property
@@ -139,11 +140,12 @@ class Night:
 
 
 def previous_runs(conn: duckdb.DuckDBPyConnection, facility_days: pl.DataFrame) -> pl.DataFrame:
-    """Each facility-day with the business date and run instant of the facility's last processed
-    day before it (null on its first night)."""
+    """Each facility-day with the business date, scheduled run instant and first processing time
+    of the facility's last processed day before it (null on its first night)."""
     return query(conn, """
         SELECT d.facility_id, d.business_date, max(p.business_date) AS previous_business_date,
-               max(p.run_at) AS previous_run_at
+               max(p.run_at) AS previous_run_at,
+               arg_max(coalesce(p.first_processed_at, p.processed_at), p.business_date) AS previous_first_processed_at
         FROM _days d LEFT JOIN processed_days p
           ON p.facility_id = d.facility_id AND p.business_date < d.business_date
         GROUP BY ALL""", _days=facility_days.select("facility_id", "business_date"))
@@ -175,12 +177,19 @@ def maintenance(conn: duckdb.DuckDBPyConnection, night: Night) -> dict[str, pl.D
     days = night.facility_days
     refuse_superseded_days(conn, days)
     statuses = night.contracts.select("business_date", "facility_id", "contract_id", "customer_id", "status")
-    days_with_previous = days.join(previous_runs(conn, days).drop("previous_run_at"), on=["facility_id", "business_date"])
+    days_with_previous = days.join(previous_runs(conn, days).drop("previous_run_at", "previous_first_processed_at"), on=["facility_id", "business_date"])
     changes = night.changes.join(night.inputs.contracts.select("contract_id", "facility_id"), on="contract_id")
     errors = contract_status.status_change_errors(changes.lazy(), days_with_previous.lazy()).collect()
+    now = dt.datetime.now(dt.timezone.utc)
+    first_processed = query(conn, """
+        SELECT p.facility_id, p.business_date, coalesce(p.first_processed_at, p.processed_at) AS first_processed_at
+        FROM processed_days p JOIN _days d USING (facility_id, business_date)""",
+                            _days=days.select("facility_id", "business_date"))
+    processed = (days.join(first_processed, on=["facility_id", "business_date"], how="left")
+                 .with_columns(pl.lit(now).alias("processed_at"),
+                               pl.col("first_processed_at").cast(pl.Datetime("us", "UTC")).fill_null(now)))
     with transaction(conn):
-        replace_facility_days(conn, "processed_days", days.with_columns(
-            pl.lit(dt.datetime.now(dt.timezone.utc)).alias("processed_at")), days)
+        replace_facility_days(conn, "processed_days", processed, days)
         changed = status_changes_since_last_day(conn, statuses, days)
         replace_facility_days(conn, "contract_status_log", changed, days)
         replace_facility_days(conn, "status_change_errors", errors, days)
@@ -234,12 +243,14 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
     # one home run. A contract's facility west of the home runs later, so its dues of D are
     # billed with the home's D+1 run (D+2 for a facility more than 24 hours west); a facility
     # more than 24 hours east (Kiritimati D+1 runs before Pago Pago D) waits for the home's D+1
-    # too. The same in Dagster (windows in order) and with `run` (a date at a time). The run
-    # instants are the scheduled ones: a facility-day run late, after home runs it should have
-    # fed (a backfill out of order), reaches the balance but gives no dues_posted reason.
+    # too. The same in Dagster (windows in order) and with `run` (a date at a time), as the run
+    # instants are the scheduled ones. A facility-day run late (a failed window rerun the next
+    # day, a backfill), first processed after the home's previous day that should have counted
+    # it, is counted by the home's next run instead.
     runs = home_runs(conn, night.facility_days)
-    counted = """c.run_at <= h.run_at AND c.business_date <= h.business_date
-                 AND NOT (c.run_at <= h.previous_run_at AND c.business_date <= h.previous_business_date)"""
+    counted = """c.business_date <= h.business_date AND c.run_at <= h.run_at
+                 AND (NOT (c.run_at <= h.previous_run_at AND c.business_date <= h.previous_business_date)
+                      OR coalesce(c.first_processed_at, c.processed_at) > h.previous_first_processed_at)"""
     # due_contracts holds every period due (before holds), dues_postings those that posted.
     due = query(conn, f"""
         WITH dues AS (SELECT customer_id, amount_cents, business_date, facility_id, false AS posted FROM due_contracts
@@ -247,7 +258,8 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
                       UNION ALL
                       SELECT customer_id, amount_cents, business_date, facility_id, true FROM dues_postings
                       WHERE business_date >= $since),
-             homes AS (SELECT k.customer_id, k.business_date, r.run_at, r.previous_run_at, r.previous_business_date
+             homes AS (SELECT k.customer_id, k.business_date, r.run_at, r.previous_run_at, r.previous_business_date,
+                              r.previous_first_processed_at
                        FROM _keys k JOIN _runs r USING (facility_id, business_date))
         SELECT h.customer_id, h.business_date,
                sum(c.amount_cents) FILTER (WHERE NOT c.posted)::BIGINT AS due_cents,

@@ -168,6 +168,31 @@ def test_contract_in_another_time_zone_than_the_home_is_billed_once_and_alike(tm
         assert charged == [(d, home_id, 5000, "approved") for d in billed_on], db.name
 
 
+
+def test_dues_of_a_window_run_late_are_billed_by_the_homes_next_run(tmp_path):
+    """Los Angeles's window of D fails and is rerun the next day, after New York's D+1 (which,
+    on schedule, would have billed its dues). New York's D+2 bills them: dues_posted, once."""
+    data = write_export(
+        tmp_path / "data",
+        facilities=[facility(facility_id="NY", timezone="America/New_York"),
+                    facility(facility_id="LA", timezone="America/Los_Angeles")],
+        customers=[customer("C1", facility_id="NY")],
+        contracts=[contract("K1", facility_id="LA", start_date=D(2026, 3, 2))], payment_methods=[card("C1")])
+    days = [D(2026, 3, 2), D(2026, 3, 3), D(2026, 3, 4)]
+    ny = [partition_key(run_instant("America/New_York", d)) for d in days]
+    la = [partition_key(run_instant("America/Los_Angeles", d)) for d in days]
+    db = tmp_path / "billing.duckdb"
+    defs, instance = build_definitions(str(data), str(db)), dg.DagsterInstance.ephemeral()
+    for key in [ny[0], ny[1], la[0], la[1], ny[2], ny[2]]:  # LA's D late; New York's D+2 rerun
+        assert execute(defs, key, instance).success, key
+    with duckdb.connect(str(db), read_only=True) as conn:
+        billed = conn.execute("SELECT business_date, customer_id, reasons, balance_cents FROM billable_customers "
+                              "ORDER BY 1").fetchall()
+        charged = conn.execute("SELECT business_date, amount_cents, outcome FROM billing_attempts").fetchall()
+    assert billed == [(days[2], "C1", ["dues_posted"], 5000)]
+    assert charged == [(days[2], 5000, "approved")]
+
+
 def test_window_with_two_business_dates_blocks_each_date_apart_and_alike(tmp_path):
     """03:00 at Kiritimati (UTC+14) on D+1 and at Honolulu (UTC-10) on D are the same instant, so
     one window holds two business dates. One of Kiritimati's two members has no payment method
