@@ -178,7 +178,9 @@ def maintenance(conn: duckdb.DuckDBPyConnection, night: Night) -> dict[str, pl.D
     refuse_superseded_days(conn, days)
     statuses = night.contracts.select("business_date", "facility_id", "contract_id", "customer_id", "status")
     days_with_previous = days.join(previous_runs(conn, days).drop("previous_run_at", "previous_first_processed_at"), on=["facility_id", "business_date"])
-    changes = night.changes.join(night.inputs.contracts.select("contract_id", "facility_id"), on="contract_id")
+    # Reported under the facility that processes the contract (its customer's home when its own
+    # facility does not exist), as its dues errors are.
+    changes = night.changes.join(night.routed.select("contract_id", "facility_id").unique(), on="contract_id")
     errors = contract_status.status_change_errors(changes.lazy(), days_with_previous.lazy()).collect()
     now = dt.datetime.now(dt.timezone.utc)
     first_processed = query(conn, """

@@ -262,3 +262,17 @@ def test_ledger_check_compares_the_ledger_with_what_happened(tmp_path):
     assert problems["customers_paid_twice_a_day"] == 1
     assert problems["postings_missing_from_ledger"] == 1
     assert problems["balance_mismatches"] == 0  # the balances moved with the forged entry: not enough alone
+
+
+def test_a_status_change_of_a_contract_at_an_unknown_facility_is_reported_at_the_customers_home(tmp_path):
+    """K1's facility FX does not exist: its dues error and its thaw that does not apply (it was
+    never frozen) are both reported under F1, its customer's home facility."""
+    data = write_export(tmp_path / "data", contracts=[contract("K1", facility_id="FX")],
+                        status_changes=[change("S1", "K1", "thaw", D(2026, 3, 1))])
+    db = tmp_path / "billing.duckdb"
+    run(data, db, D(2026, 3, 1), D(2026, 3, 2))
+    with duckdb.connect(str(db), read_only=True) as conn:
+        errors = conn.execute("SELECT business_date, facility_id, change_id, error_code FROM status_change_errors").fetchall()
+        dues = conn.execute("SELECT DISTINCT facility_id, error_code FROM dues_posting_errors").fetchall()
+    assert errors == [(D(2026, 3, 1), "F1", "S1", "not_applicable")]
+    assert dues == [("F1", "unknown_facility")]
