@@ -23,7 +23,7 @@ from billing_pipeline.rules import billable as billable_rules
 from billing_pipeline.rules import contract_status, dues, prebilling
 from billing_pipeline.rules.balance import balance_due_now
 from billing_pipeline.warehouse import ledger
-from billing_pipeline.warehouse.store import insert, query, replace_facility_days, transaction
+from billing_pipeline.warehouse.store import insert, query, register, replace_facility_days, transaction
 
 
 @dataclass(frozen=True)
@@ -140,15 +140,21 @@ class Night:
 
 
 def previous_runs(conn: duckdb.DuckDBPyConnection, facility_days: pl.DataFrame) -> pl.DataFrame:
-    """Each facility-day with the business date, scheduled run instant and first processing time
-    of the facility's last processed day before it (null on its first night)."""
+    """Each facility-day with the business date, scheduled run instant and first billing time of
+    the facility's last processed day before it (null on its first night), and its own first
+    billing time (null until its billing first finishes)."""
     return query(conn, """
-        SELECT d.facility_id, d.business_date, max(p.business_date) AS previous_business_date,
-               max(p.run_at) AS previous_run_at,
-               arg_max(coalesce(p.first_processed_at, p.processed_at), p.business_date) AS previous_first_processed_at
-        FROM _days d LEFT JOIN processed_days p
-          ON p.facility_id = d.facility_id AND p.business_date < d.business_date
-        GROUP BY ALL""", _days=facility_days.select("facility_id", "business_date"))
+        WITH previous AS (
+            SELECT d.facility_id, d.business_date, max(p.business_date) AS previous_business_date
+            FROM _days d LEFT JOIN processed_days p
+              ON p.facility_id = d.facility_id AND p.business_date < d.business_date
+            GROUP BY ALL)
+        SELECT v.facility_id, v.business_date, v.previous_business_date, q.run_at AS previous_run_at,
+               q.billed_first_at AS previous_billed_first_at, t.billed_first_at
+        FROM previous v
+        LEFT JOIN processed_days q ON q.facility_id = v.facility_id AND q.business_date = v.previous_business_date
+        LEFT JOIN processed_days t ON t.facility_id = v.facility_id AND t.business_date = v.business_date""",
+                 _days=facility_days.select("facility_id", "business_date"))
 
 
 # --- maintenance (SPEC 1.1) ---------------------------------------------------------------
@@ -177,25 +183,38 @@ def maintenance(conn: duckdb.DuckDBPyConnection, night: Night) -> dict[str, pl.D
     days = night.facility_days
     refuse_superseded_days(conn, days)
     statuses = night.contracts.select("business_date", "facility_id", "contract_id", "customer_id", "status")
-    days_with_previous = days.join(previous_runs(conn, days).drop("previous_run_at", "previous_first_processed_at"), on=["facility_id", "business_date"])
+    days_with_previous = days.join(previous_runs(conn, days).select("facility_id", "business_date", "previous_business_date"), on=["facility_id", "business_date"])
     # Reported under the facility that processes the contract (its customer's home when its own
     # facility does not exist), as its dues errors are.
     changes = night.changes.join(night.routed.select("contract_id", "facility_id").unique(), on="contract_id")
     errors = contract_status.status_change_errors(changes.lazy(), days_with_previous.lazy()).collect()
-    now = dt.datetime.now(dt.timezone.utc)
-    first_processed = query(conn, """
-        SELECT p.facility_id, p.business_date, coalesce(p.first_processed_at, p.processed_at) AS first_processed_at
-        FROM processed_days p JOIN _days d USING (facility_id, business_date)""",
-                            _days=days.select("facility_id", "business_date"))
-    processed = (days.join(first_processed, on=["facility_id", "business_date"], how="left")
-                 .with_columns(pl.lit(now).alias("processed_at"),
-                               pl.col("first_processed_at").cast(pl.Datetime("us", "UTC")).fill_null(now)))
     with transaction(conn):
-        replace_facility_days(conn, "processed_days", processed, days)
+        mark_processed(conn, days)
         changed = status_changes_since_last_day(conn, statuses, days)
         replace_facility_days(conn, "contract_status_log", changed, days)
         replace_facility_days(conn, "status_change_errors", errors, days)
     return {"contract_status_daily": statuses, "contract_status_log": changed, "status_change_errors": errors}
+
+
+def mark_processed(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame) -> None:
+    """Records the facility-days as processed now; a rerun keeps their first dues and billing times."""
+    register(conn, "_days", days.select("facility_id", "business_date", "partition_key", "run_at"))
+    conn.execute("""
+        INSERT INTO processed_days (facility_id, business_date, partition_key, run_at)
+        SELECT * FROM _days d ANTI JOIN processed_days p USING (facility_id, business_date)""")
+    conn.execute("""
+        UPDATE processed_days p SET partition_key = d.partition_key, run_at = d.run_at, processed_at = now()
+        FROM _days d WHERE p.facility_id = d.facility_id AND p.business_date = d.business_date""")
+    conn.unregister("_days")
+
+
+def stamp_first(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame, column: str) -> None:
+    """Sets `column` of processed_days to now where it is not set yet (call inside the step's transaction)."""
+    register(conn, "_days", days.select("facility_id", "business_date"))
+    conn.execute(f"""
+        UPDATE processed_days p SET {column} = now() FROM _days d
+        WHERE p.facility_id = d.facility_id AND p.business_date = d.business_date AND p.{column} IS NULL""")
+    conn.unregister("_days")
 
 
 def status_changes_since_last_day(conn: duckdb.DuckDBPyConnection, statuses: pl.DataFrame,
@@ -231,6 +250,7 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
         for table in ("due_contracts", "dues_postings", "dues_posting_errors"):
             replace_facility_days(conn, table, out[table], night.facility_days)
         new_entries = ledger.post_entries(conn, ledger.dues_entries(out["dues_postings"]))
+        stamp_first(conn, night.facility_days, "dues_first_posted_at")
     return out, new_entries
 
 
@@ -246,13 +266,17 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
     # billed with the home's D+1 run (D+2 for a facility more than 24 hours west); a facility
     # more than 24 hours east (Kiritimati D+1 runs before Pago Pago D) waits for the home's D+1
     # too. The same in Dagster (windows in order) and with `run` (a date at a time), as the run
-    # instants are the scheduled ones. A facility-day run late (a failed window rerun the next
-    # day, a backfill), first processed after the home's previous day that should have counted
-    # it, is counted by the home's next run instead.
+    # instants are the scheduled ones.
+    # A facility-day run late (a window failed and rerun the next day, a backfill), its dues first
+    # posted after the home's previous day first billed, is counted by the home's next billing:
+    # each facility-day's dues by one home day, which its reruns count again (the first-time
+    # stamps do not move), nothing that arrived after the home day first billed.
     runs = home_runs(conn, night.facility_days)
-    counted = """c.business_date <= h.business_date AND c.run_at <= h.run_at
-                 AND (NOT (c.run_at <= h.previous_run_at AND c.business_date <= h.previous_business_date)
-                      OR coalesce(c.first_processed_at, c.processed_at) > h.previous_first_processed_at)"""
+    arrived = "coalesce(c.dues_first_posted_at, '-infinity'::TIMESTAMPTZ)"
+    counted = f"""c.business_date <= h.business_date AND c.run_at <= h.run_at
+                 AND {arrived} <= coalesce(h.billed_first_at, 'infinity'::TIMESTAMPTZ)
+                 AND NOT (c.run_at <= h.previous_run_at AND c.business_date <= h.previous_business_date
+                          AND {arrived} <= coalesce(h.previous_billed_first_at, 'infinity'::TIMESTAMPTZ))"""
     # due_contracts holds every period due (before holds), dues_postings those that posted.
     due = query(conn, f"""
         WITH dues AS (SELECT customer_id, amount_cents, business_date, facility_id, false AS posted FROM due_contracts
@@ -261,7 +285,7 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
                       SELECT customer_id, amount_cents, business_date, facility_id, true FROM dues_postings
                       WHERE business_date >= $since),
              homes AS (SELECT k.customer_id, k.business_date, r.run_at, r.previous_run_at, r.previous_business_date,
-                              r.previous_first_processed_at
+                              r.previous_billed_first_at, r.billed_first_at
                        FROM _keys k JOIN _runs r USING (facility_id, business_date))
         SELECT h.customer_id, h.business_date,
                sum(c.amount_cents) FILTER (WHERE NOT c.posted)::BIGINT AS due_cents,
@@ -271,7 +295,7 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
           ON c.customer_id = h.customer_id AND {counted}
         GROUP BY ALL HAVING count(*) FILTER (WHERE NOT c.posted) > 0""",
                 _keys=customer_days.select("customer_id", "business_date", "facility_id"), _runs=runs,
-                params={"since": earliest_date(runs.get_column("previous_run_at"))})
+                params={"since": dues_since(conn, runs)})
     last_attempts = query(conn, """
         WITH attempts AS (
             SELECT a.customer_id, arg_max(a.business_date, a.business_date) AS last_attempt_date,
@@ -318,13 +342,23 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
     with transaction(conn):
         for table, frame in out.items():
             replace_facility_days(conn, table, frame, night.facility_days)
+        stamp_first(conn, night.facility_days, "billed_first_at")
     return out
 
 
-def earliest_date(instants: pl.Series) -> dt.date:
-    """A business date on or before every instant's (time zones differ by a day at most)."""
-    first = instants.min()
-    return first.date() - dt.timedelta(days=1) if first is not None else dt.date.min
+def dues_since(conn: duckdb.DuckDBPyConnection, runs: pl.DataFrame) -> dt.date:
+    """The earliest business date whose dues the home runs may count (to skip the older rows):
+    a day before the earliest previous run (time zones differ by a day at most), or earlier for
+    a facility-day whose dues were first posted after a home's previous day first billed."""
+    first = runs.get_column("previous_run_at").min()
+    since = first.date() - dt.timedelta(days=1) if first is not None else dt.date.min
+    billed = runs.get_column("previous_billed_first_at").min()
+    if billed is not None:
+        (late,) = conn.execute("SELECT min(business_date) FROM processed_days WHERE dues_first_posted_at > $billed",
+                               {"billed": billed}).fetchall()
+        if late[0] is not None:
+            since = min(since, late[0])
+    return since
 
 
 def home_runs(conn: duckdb.DuckDBPyConnection, facility_days: pl.DataFrame) -> pl.DataFrame:

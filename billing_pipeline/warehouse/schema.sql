@@ -2,12 +2,14 @@
 -- Tables written per facility-day carry business_date and facility_id: a rerun deletes the
 -- facility-day's rows and inserts the new ones in one transaction.
 
--- run_at: the scheduled instant (03:00 local); processed_at: the last time the day ran;
--- first_processed_at: the first (kept by reruns), which tells a facility-day run late.
+-- run_at: the scheduled instant (03:00 local); processed_at: the last time the day ran.
+-- dues_first_posted_at / billed_first_at: when its dues step / billing step first finished (kept
+-- by reruns): which facility-days' dues a home facility's billing counts goes by them.
 CREATE TABLE IF NOT EXISTS processed_days (
     facility_id VARCHAR, business_date DATE, partition_key VARCHAR, run_at TIMESTAMPTZ,
-    processed_at TIMESTAMPTZ, first_processed_at TIMESTAMPTZ);
-ALTER TABLE processed_days ADD COLUMN IF NOT EXISTS first_processed_at TIMESTAMPTZ;  -- older files
+    processed_at TIMESTAMPTZ, dues_first_posted_at TIMESTAMPTZ, billed_first_at TIMESTAMPTZ);
+ALTER TABLE processed_days ADD COLUMN IF NOT EXISTS dues_first_posted_at TIMESTAMPTZ;  -- older files
+ALTER TABLE processed_days ADD COLUMN IF NOT EXISTS billed_first_at TIMESTAMPTZ;
 
 -- Status intervals: a row when a contract's status on a processed date differs from the
 -- processed date before. The daily view below expands them.
