@@ -169,28 +169,74 @@ def test_contract_in_another_time_zone_than_the_home_is_billed_once_and_alike(tm
 
 
 
-def test_dues_of_a_window_run_late_are_billed_by_the_homes_next_run(tmp_path):
-    """Los Angeles's window of D fails and is rerun the next day, after New York's D+1 (which,
-    on schedule, would have billed its dues). New York's D+2 bills them: dues_posted, once."""
+def new_york_member_with_a_los_angeles_contract(tmp_path, days: int, **new_york):
+    """C1 lives in New York; their monthly contract at Los Angeles starts (bills) on 2026-03-02."""
     data = write_export(
         tmp_path / "data",
-        facilities=[facility(facility_id="NY", timezone="America/New_York"),
+        facilities=[facility(facility_id="NY", timezone="America/New_York", **new_york),
                     facility(facility_id="LA", timezone="America/Los_Angeles")],
         customers=[customer("C1", facility_id="NY")],
-        contracts=[contract("K1", facility_id="LA", start_date=D(2026, 3, 2))], payment_methods=[card("C1")])
-    days = [D(2026, 3, 2), D(2026, 3, 3), D(2026, 3, 4)]
-    ny = [partition_key(run_instant("America/New_York", d)) for d in days]
-    la = [partition_key(run_instant("America/Los_Angeles", d)) for d in days]
+        contracts=[contract("K1", facility_id="LA", start_date=D(2026, 3, 2))],
+        payment_methods=[card("C1", token="decline_insufficient_funds" if new_york else "tok_ok")])
+    dates = [D(2026, 3, 2) + dt.timedelta(days=n) for n in range(days)]
+    ny = [partition_key(run_instant("America/New_York", d)) for d in dates]
+    la = [partition_key(run_instant("America/Los_Angeles", d)) for d in dates]
     db = tmp_path / "billing.duckdb"
-    defs, instance = build_definitions(str(data), str(db)), dg.DagsterInstance.ephemeral()
-    for key in [ny[0], ny[1], la[0], la[1], ny[2], ny[2]]:  # LA's D late; New York's D+2 rerun
-        assert execute(defs, key, instance).success, key
+    return build_definitions(str(data), str(db)), dg.DagsterInstance.ephemeral(), dates, ny, la, db
+
+
+def billed_and_charged(db):
     with duckdb.connect(str(db), read_only=True) as conn:
-        billed = conn.execute("SELECT business_date, customer_id, reasons, balance_cents FROM billable_customers "
-                              "ORDER BY 1").fetchall()
-        charged = conn.execute("SELECT business_date, amount_cents, outcome FROM billing_attempts").fetchall()
-    assert billed == [(days[2], "C1", ["dues_posted"], 5000)]
-    assert charged == [(days[2], 5000, "approved")]
+        return (conn.execute("SELECT business_date, customer_id, reasons, balance_cents FROM billable_customers "
+                             "ORDER BY 1").fetchall(),
+                conn.execute("SELECT business_date, amount_cents, outcome FROM billing_attempts ORDER BY 1").fetchall())
+
+
+def test_dues_of_a_window_run_late_are_billed_by_the_homes_next_run(tmp_path):
+    """Los Angeles's window of D fails and is rerun the next day, after New York's D+1 (which,
+    on schedule, would have billed its dues). New York's D+2 bills them: dues_posted, once, and
+    a rerun of New York's D+2 changes nothing."""
+    defs, instance, dates, ny, la, db = new_york_member_with_a_los_angeles_contract(tmp_path, 3)
+    for key in [ny[0], ny[1], la[0], la[1], ny[2]]:
+        assert execute(defs, key, instance).success, key
+    first = billed_and_charged(db)
+    assert first == ([(dates[2], "C1", ["dues_posted"], 5000)], [(dates[2], 5000, "approved")])
+    assert execute(defs, ny[2], instance).success
+    assert billed_and_charged(db) == first
+
+
+def test_dues_of_a_window_whose_dues_step_failed_are_billed_after_its_rerun(tmp_path, monkeypatch):
+    """Los Angeles's window of D gets through maintenance, then its dues step fails; it is rerun
+    after New York's D+1. Its dues count from when they first posted, not from its maintenance."""
+    from billing_pipeline import cycle
+
+    defs, instance, dates, ny, la, db = new_york_member_with_a_los_angeles_contract(tmp_path, 3)
+    assert execute(defs, ny[0], instance).success
+    post_dues = cycle.post_dues
+    monkeypatch.setattr(cycle, "post_dues", lambda *a: (_ for _ in ()).throw(RuntimeError("disk full")))
+    assert not execute(defs, la[0], instance).success
+    monkeypatch.setattr(cycle, "post_dues", post_dues)
+    for key in [ny[1], la[0], la[1], ny[2]]:
+        assert execute(defs, key, instance).success, key
+    assert billed_and_charged(db) == ([(dates[2], "C1", ["dues_posted"], 5000)], [(dates[2], 5000, "approved")])
+
+
+def test_a_home_day_rerun_after_a_late_day_does_not_count_its_dues_twice(tmp_path):
+    """New York's D+1 is rerun after Los Angeles's late D: the rerun counts what its first run
+    counted, so the dues give one dues_posted (D+2) and one declined charge, not a second charge
+    a day later that skips the 3-day retry wait."""
+    defs, instance, dates, ny, la, db = new_york_member_with_a_los_angeles_contract(
+        tmp_path, 3, retry_declined_after_days=3)
+    for key in [ny[0], ny[1], la[0], ny[1], la[1], ny[2]]:
+        assert execute(defs, key, instance).success, key
+    assert billed_and_charged(db) == ([(dates[2], "C1", ["dues_posted"], 5000)], [(dates[2], 5000, "declined")])
+
+
+def test_dues_of_a_backfill_days_late_are_billed_by_the_homes_next_run(tmp_path):
+    defs, instance, dates, ny, la, db = new_york_member_with_a_los_angeles_contract(tmp_path, 6)
+    for key in ny[:5] + la[:5] + ny[5:]:
+        assert execute(defs, key, instance).success, key
+    assert billed_and_charged(db) == ([(dates[5], "C1", ["dues_posted"], 5000)], [(dates[5], 5000, "approved")])
 
 
 def test_window_with_two_business_dates_blocks_each_date_apart_and_alike(tmp_path):
