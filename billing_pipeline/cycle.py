@@ -18,6 +18,7 @@ import polars as pl
 
 from billing_pipeline.charging import ChargeSettings, run_charges
 from billing_pipeline.gateway import PaymentGateway
+from billing_pipeline.inputs.contract import CONTRACT_TYPES
 from billing_pipeline.inputs.load import Inputs
 from billing_pipeline.rules import billable as billable_rules
 from billing_pipeline.rules import contract_status, dues, prebilling
@@ -73,7 +74,8 @@ class Night:
                 & pl.col("facility_id").is_in(i.facilities.get_column("facility_id").implode()))
             .select("contract_id", "contract_key", "customer_id", "plan_id", "dues_cents")
             .join(self.customer_keys.lazy(), on="customer_id")
-            .join(i.plans.lazy().select("plan_id", "contract_type", pl.col("dues_cents").alias("plan_dues_cents")),
+            .join(i.plans.lazy().select("plan_id", pl.col("contract_type").cast(pl.Enum(CONTRACT_TYPES)),
+                                        pl.col("dues_cents").alias("plan_dues_cents")),
                   on="plan_id", how="left")
             .with_columns(pl.coalesce("dues_cents", "plan_dues_cents").alias("amount_cents"))
         ).collect()
