@@ -63,17 +63,21 @@ class Night:
 
     @cached_property
     def elsewhere(self) -> pl.DataFrame:
-        """Contracts processed elsewhere (another facility's window) but owned by the batch's
-        customers: a duplicate or a missing payment method is the customer's, wherever the contract is."""
+        """The batch's customers' contracts not processed here for their date: at a facility of
+        another window, at an unknown facility routed to a home outside the batch, or, in a window
+        holding two dates (Kiritimati D+1 with Honolulu D), processed here for the other date. A
+        duplicate or a missing payment method is the customer's, wherever the contract is."""
         i = self.inputs
+        candidates = self.keyed_contracts.lazy()
+        if self.facility_days.get_column("business_date").n_unique() == 1:
+            # One date: a contract of a facility in the batch is processed here for that date.
+            candidates = candidates.filter(
+                ~pl.col("facility_id").is_in(self.facility_days.get_column("facility_id").implode()))
         return (
-            self.keyed_contracts.lazy().filter(
-                ~pl.col("facility_id").is_in(self.facility_days.get_column("facility_id").implode())
-                # a contract of an unknown facility is processed at its customer's home (or, with
-                # neither known, at the first facility): its own batch has it, not this one
-                & pl.col("facility_id").is_in(i.facilities.get_column("facility_id").implode()))
-            .select("contract_id", "contract_key", "customer_id", "plan_id", "dues_cents")
+            candidates.select("contract_id", "contract_key", "customer_id", "plan_id", "dues_cents")
             .join(self.customer_keys.lazy(), on="customer_id")
+            .join(self.routed.lazy().select("contract_key", "business_date"), on=["contract_key", "business_date"],
+                  how="anti")
             .join(i.plans.lazy().select("plan_id", pl.col("contract_type").cast(pl.Enum(CONTRACT_TYPES)),
                                         pl.col("dues_cents").alias("plan_dues_cents")),
                   on="plan_id", how="left")

@@ -530,3 +530,36 @@ def test_a_window_works_out_the_status_of_its_own_contracts_and_its_customers_ot
     statuses = dict(zip(window.customer_contracts["contract_id"], window.customer_contracts["status"]))
     assert statuses == {"K1": "active", "K2": "frozen", "K4": "active"}
     assert statuses == {k: s for k, s in zip(every.contracts["contract_id"], every.contracts["status"]) if k != "K3"}
+
+
+def test_a_window_with_two_dates_sees_a_customers_contract_processed_there_for_the_other_date():
+    """Kiritimati's D+1 and Honolulu's D share a window. C1 (home Kiritimati) holds the same plan at
+    both: a duplicate on D (which holds K2's dues at Honolulu) and on D+1, found in the window as in
+    batches of one date for every facility (`run --date`)."""
+    day = D(2026, 3, 2)
+    tables = dict(facilities=[facility(facility_id="HNL", timezone="Pacific/Honolulu"),
+                              facility(facility_id="KIR", timezone="Pacific/Kiritimati")],
+                  customers=[customer("C1", facility_id="KIR")],
+                  contracts=[contract("K1", facility_id="KIR"), contract("K2", facility_id="HNL")],
+                  payment_methods=[card("C1")])
+    t = frames(**tables)
+    inputs = Inputs(**{name: t.get(name, pl.DataFrame(schema=spec.dtypes)) for name, spec in TABLES.items()})
+    window = Night(inputs, facility_days(inputs.facilities, {"HNL": day, "KIR": day + dt.timedelta(days=1)}))
+    by_date = [night_for(["HNL", "KIR"], d, **tables).duplicates for d in (day, day + dt.timedelta(days=1))]
+    expected = [(d, "C1", ["K1", "K2"]) for d in (day, day + dt.timedelta(days=1))]
+    assert pl.concat(by_date).select("business_date", "customer_id", "contract_ids").rows() == expected
+    assert window.duplicates.select("business_date", "customer_id", "contract_ids").sort("business_date").rows() == expected
+
+
+def test_a_contract_at_an_unknown_facility_counts_for_its_customer_in_another_window():
+    """K2's facility does not exist, so it is processed at C1's home (New York); C1's K1 is in
+    Berlin's window, which must still see K2 to hold C1's duplicate."""
+    day = D(2026, 3, 1)
+    tables = dict(facilities=TWO_ZONES, customers=[customer("C1", facility_id="F2")],
+                  contracts=[contract("K1", facility_id="F1"), contract("K2", facility_id="FX")],
+                  payment_methods=[card("C1")])
+    expected = [(day, "C1", ["K1", "K2"])]
+    assert night_for(["F1", "F2"], day, **tables).duplicates.select(
+        "business_date", "customer_id", "contract_ids").rows() == expected
+    assert night_for(["F1"], day, **tables).duplicates.select(
+        "business_date", "customer_id", "contract_ids").rows() == expected
