@@ -145,15 +145,17 @@ class Night:
                           on=["facility_id", "business_date"], how="semi")
 
 
-def previous_runs(conn: duckdb.DuckDBPyConnection, facility_days: pl.DataFrame) -> pl.DataFrame:
+def previous_runs(conn: duckdb.DuckDBPyConnection, facility_days: pl.DataFrame,
+                  billed: bool = False) -> pl.DataFrame:
     """Each facility-day with the business date, scheduled run instant and first billing time of
-    the facility's last processed day before it (null on its first night), and its own first
-    billing time (null until its billing first finishes)."""
-    return query(conn, """
+    the facility's last processed day before it (with `billed`, its last day whose billing
+    finished; null if none), and its own first billing time (null until its billing finishes)."""
+    return query(conn, f"""
         WITH previous AS (
             SELECT d.facility_id, d.business_date, max(p.business_date) AS previous_business_date
             FROM _days d LEFT JOIN processed_days p
               ON p.facility_id = d.facility_id AND p.business_date < d.business_date
+                 {"AND p.billed_first_at IS NOT NULL" if billed else ""}
             GROUP BY ALL)
         SELECT v.facility_id, v.business_date, v.previous_business_date, q.run_at AS previous_run_at,
                q.billed_first_at AS previous_billed_first_at, t.billed_first_at
@@ -183,6 +185,30 @@ def refuse_superseded_days(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame) 
             f"{late.height} facility-days were never run and a later day already caught them up "
             f"(e.g. {first['facility_id']} {first['business_date']}, caught up by {first['later_day']}): "
             "nothing written; rerun the later day instead")
+
+
+def billed_later(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame) -> pl.DataFrame:
+    """The facility-days whose facility has a later day whose billing finished before theirs did
+    (or theirs never did): that later day billed these customers' whole balance, this day's dues
+    included, so billing or charging this day now would charge them twice."""
+    return query(conn, """
+        SELECT d.facility_id, d.business_date, min(l.business_date) AS later_day
+        FROM _days d
+        JOIN processed_days l ON l.facility_id = d.facility_id AND l.business_date > d.business_date
+                              AND l.billed_first_at IS NOT NULL
+        LEFT JOIN processed_days s ON s.facility_id = d.facility_id AND s.business_date = d.business_date
+        WHERE s.billed_first_at IS NULL OR s.billed_first_at > l.billed_first_at
+        GROUP BY ALL ORDER BY ALL""", _days=days.select("facility_id", "business_date"))
+
+
+def refuse_billing_superseded(late: pl.DataFrame, step: str) -> None:
+    if late.height:
+        first = late.row(0, named=True)
+        raise SupersededDay(
+            f"{step} of {late.height} facility-days refused: a later day of their facility already billed "
+            f"their customers' whole balance (e.g. {first['facility_id']} {first['business_date']}, billed by "
+            f"{first['later_day']}); running it now would charge them twice. Their dues stay posted and "
+            "the next day's billing counts them.")
 
 
 def maintenance(conn: duckdb.DuckDBPyConnection, night: Night) -> dict[str, pl.DataFrame]:
@@ -263,6 +289,7 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
 # --- billable customers, sweeps and pre-billing checks (SPEC 1.4, 1.6) -----------------------
 
 def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: CycleSettings) -> dict[str, pl.DataFrame]:
+    refuse_billing_superseded(billed_later(conn, night.facility_days), "billing")
     customer_days = night.customer_days
     keys = customer_days.select("customer_id", "business_date")
     # Tonight's dues of a customer: those posted by every facility-day (at any facility, in any
@@ -281,8 +308,8 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
     arrived = "coalesce(c.dues_first_posted_at, '-infinity'::TIMESTAMPTZ)"
     counted = f"""c.business_date <= h.business_date AND c.run_at <= h.run_at
                  AND {arrived} <= coalesce(h.billed_first_at, 'infinity'::TIMESTAMPTZ)
-                 AND NOT (c.run_at <= h.previous_run_at AND c.business_date <= h.previous_business_date
-                          AND {arrived} <= coalesce(h.previous_billed_first_at, 'infinity'::TIMESTAMPTZ))"""
+                 AND NOT coalesce(c.run_at <= h.previous_run_at AND c.business_date <= h.previous_business_date
+                                   AND {arrived} <= h.previous_billed_first_at, false)"""
     # due_contracts holds every period due (before holds), dues_postings those that posted.
     due = query(conn, f"""
         WITH dues AS (SELECT customer_id, amount_cents, business_date, facility_id, false AS posted FROM due_contracts
@@ -356,8 +383,10 @@ def dues_since(conn: duckdb.DuckDBPyConnection, runs: pl.DataFrame) -> dt.date:
     """The earliest business date whose dues the home runs may count (to skip the older rows):
     a day before the earliest previous run (time zones differ by a day at most), or earlier for
     a facility-day whose dues were first posted after a home's previous day first billed."""
-    first = runs.get_column("previous_run_at").min()
-    since = first.date() - dt.timedelta(days=1) if first is not None else dt.date.min
+    previous = runs.get_column("previous_run_at")
+    if previous.null_count() or previous.is_empty():  # a home's first billed night counts every earlier day
+        return dt.date.min
+    since = previous.min().date() - dt.timedelta(days=1)
     billed = runs.get_column("previous_billed_first_at").min()
     if billed is not None:
         (late,) = conn.execute("SELECT min(business_date) FROM processed_days WHERE dues_first_posted_at > $billed",
@@ -368,13 +397,10 @@ def dues_since(conn: duckdb.DuckDBPyConnection, runs: pl.DataFrame) -> dt.date:
 
 
 def home_runs(conn: duckdb.DuckDBPyConnection, facility_days: pl.DataFrame) -> pl.DataFrame:
-    """Each facility-day's run instant with `previous_runs` (on its first night, the same instant a
-    day earlier and the day before)."""
-    day, instant = pl.duration(days=1), facility_days.schema["run_at"]
+    """Each facility-day's run instant with its last earlier day whose billing finished (none on
+    the home's first billed night: every earlier facility-day's dues are its to count)."""
     return (facility_days.select("facility_id", "business_date", "run_at")
-            .join(previous_runs(conn, facility_days), on=["facility_id", "business_date"])
-            .with_columns(pl.coalesce(pl.col("previous_run_at").cast(instant), pl.col("run_at") - day),
-                          pl.coalesce("previous_business_date", pl.col("business_date") - day)))
+            .join(previous_runs(conn, facility_days, billed=True), on=["facility_id", "business_date"]))
 
 
 def balances(conn: duckdb.DuckDBPyConnection, night: Night, keys: pl.DataFrame) -> pl.DataFrame:
@@ -404,15 +430,22 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
         .join(night.inputs.facilities.select("facility_id", "surcharge_enabled", "surcharge_percent",
                                              "surcharge_product_id"), on="facility_id")
         .lazy()).collect()
+    # A day billed in order whose charging failed, rerun after the next day billed: that day
+    # charged the whole balance. Charges already answered stay; nothing new is sent.
+    late = billed_later(conn, days)
     with transaction(conn):
         new = query(conn, "SELECT p.* FROM _planned p ANTI JOIN charge_requests r USING (idempotency_key)",
                     _planned=planned)
+        if new.height:
+            refuse_billing_superseded(late, "charging")
         insert(conn, "charge_requests", new.with_columns(pl.lit(dt.datetime.now(dt.timezone.utc)).alias("requested_at")),
                key="idempotency_key")
     pending = query(conn, """
         SELECT r.* FROM charge_requests r JOIN _days d USING (facility_id, business_date)
         ANTI JOIN billing_attempts a USING (idempotency_key) ORDER BY r.idempotency_key""",
                     _days=days.select("facility_id", "business_date"))
+    if pending.height:
+        refuse_billing_superseded(late, "charging")
     requests = pending.select("idempotency_key", "business_date", "facility_id", "customer_id", "payment_method_id",
                               "token", "amount_cents", "surcharge_cents", "surcharge_product_id",
                               (pl.col("amount_cents") + pl.col("surcharge_cents")).alias("charge_cents"))
