@@ -187,17 +187,19 @@ def refuse_superseded_days(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame) 
             "nothing written; rerun the later day instead")
 
 
-def billed_later(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame) -> pl.DataFrame:
+def billed_later(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame, billed_in_order_too: bool = False) -> pl.DataFrame:
     """The facility-days whose facility has a later day whose billing finished before theirs did
     (or theirs never did): that later day billed these customers' whole balance, this day's dues
-    included, so billing or charging this day now would charge them twice."""
-    return query(conn, """
+    included, so billing this day now would charge them twice. With `billed_in_order_too`, any
+    later day that billed (for charging: a charge not made before it was in that balance)."""
+    in_order = "OR true" if billed_in_order_too else ""
+    return query(conn, f"""
         SELECT d.facility_id, d.business_date, min(l.business_date) AS later_day
         FROM _days d
         JOIN processed_days l ON l.facility_id = d.facility_id AND l.business_date > d.business_date
                               AND l.billed_first_at IS NOT NULL
         LEFT JOIN processed_days s ON s.facility_id = d.facility_id AND s.business_date = d.business_date
-        WHERE s.billed_first_at IS NULL OR s.billed_first_at > l.billed_first_at
+        WHERE s.billed_first_at IS NULL OR s.billed_first_at > l.billed_first_at {in_order}
         GROUP BY ALL ORDER BY ALL""", _days=days.select("facility_id", "business_date"))
 
 
@@ -430,9 +432,9 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
         .join(night.inputs.facilities.select("facility_id", "surcharge_enabled", "surcharge_percent",
                                              "surcharge_product_id"), on="facility_id")
         .lazy()).collect()
-    # A day billed in order whose charging failed, rerun after the next day billed: that day
-    # charged the whole balance. Charges already answered stay; nothing new is sent.
-    late = billed_later(conn, days)
+    # A day whose charging failed, rerun after the next day billed: that day charged the whole
+    # balance, this day's included. Charges already answered stay; nothing is sent.
+    late = billed_later(conn, days, billed_in_order_too=True)
     with transaction(conn):
         new = query(conn, "SELECT p.* FROM _planned p ANTI JOIN charge_requests r USING (idempotency_key)",
                     _planned=planned)

@@ -327,3 +327,77 @@ def test_a_windows_ledger_check_finds_a_bad_balance_of_a_customer_it_posted_to(t
     rerun = execute(defs, BERLIN_2026_03_02, instance)
     failed = {(e.asset_key.to_user_string(), e.check_name) for e in rerun.get_asset_check_evaluations() if not e.passed}
     assert failed == {("dues_postings", "ledger_balances"), ("billing_attempts", "ledger_balances")}
+
+
+def failing(monkeypatch, name):
+    """Makes cycle.<name> fail (a crash, a full disk) until the returned function restores it."""
+    from billing_pipeline import cycle
+
+    real = getattr(cycle, name)
+    monkeypatch.setattr(cycle, name, lambda *a: (_ for _ in ()).throw(RuntimeError("disk full")))
+    return lambda: monkeypatch.setattr(cycle, name, real)
+
+
+def step_errors(result) -> str:
+    """Every failed step's error messages, causes included."""
+    messages = []
+    for event in result.all_events:
+        error = event.step_failure_data.error if event.is_step_failure else None
+        while error is not None:
+            messages.append(error.message)
+            error = error.cause
+    return " ".join(messages)
+
+
+@pytest.mark.parametrize("step", ["select_billable", "charge"])
+def test_a_home_day_rerun_after_the_next_day_billed_charges_no_one_again(tmp_path, monkeypatch, step):
+    """New York's D fails in billing (or in charging) after its dues posted; D+1 bills C1's whole
+    balance, D's 5000 included, with D+1's own 5000. Rerunning D then is refused: it would charge
+    D's 5000 a second time."""
+    data = write_export(
+        tmp_path / "data", facilities=[facility(facility_id="NY", timezone="America/New_York")],
+        plans=[plan(), plan(plan_id="PT", name="Personal training", contract_type="program")],
+        customers=[customer("C1", facility_id="NY")],
+        contracts=[contract("K1", facility_id="NY", start_date=D(2026, 3, 2)),
+                   contract("K2", facility_id="NY", plan_id="PT", start_date=D(2026, 3, 3))],
+        payment_methods=[card("C1")])
+    db = tmp_path / "billing.duckdb"
+    defs, instance = build_definitions(str(data), str(db)), dg.DagsterInstance.ephemeral()
+    ny = [partition_key(run_instant("America/New_York", d)) for d in (D(2026, 3, 2), D(2026, 3, 3))]
+    restore = failing(monkeypatch, step)
+    assert not execute(defs, ny[0], instance).success
+    restore()
+    assert execute(defs, ny[1], instance).success
+    rerun = execute(defs, ny[0], instance)
+    assert not rerun.success and "a later day of their facility already billed" in step_errors(rerun)
+    _, charged = billed_and_charged(db)
+    assert charged == [(D(2026, 3, 3), 10000, "approved")]
+
+
+def test_dues_counted_by_a_home_day_are_not_counted_again_by_its_late_rerun(tmp_path, monkeypatch):
+    """New York's D+1 fails in billing; D+2 counts from D (the last day that billed); Los Angeles's
+    D runs late and D+3 bills it. D+1's rerun is refused: one dues_posted, one charge."""
+    defs, instance, dates, ny, la, db = new_york_member_with_a_los_angeles_contract(tmp_path, 4)
+    assert execute(defs, ny[0], instance).success
+    restore = failing(monkeypatch, "select_billable")
+    assert not execute(defs, ny[1], instance).success
+    restore()
+    for key in [ny[2], la[0], ny[3]]:
+        assert execute(defs, key, instance).success, key
+    assert not execute(defs, ny[1], instance).success
+    assert billed_and_charged(db) == ([(dates[3], "C1", ["dues_posted"], 5000)], [(dates[3], 5000, "approved")])
+
+
+def test_a_homes_first_night_counts_the_dues_of_an_earlier_day_east_of_it(tmp_path):
+    """Berlin's D ran (`run --facility BER`) before New York ever did: New York's first night, D+1,
+    bills C1's Berlin dues of D."""
+    data = write_export(
+        tmp_path / "data", facilities=[facility(facility_id="NY", timezone="America/New_York"),
+                                       facility(facility_id="BER", timezone="Europe/Berlin")],
+        customers=[customer("C1", facility_id="NY")],
+        contracts=[contract("K1", facility_id="BER", start_date=D(2026, 3, 2))], payment_methods=[card("C1")])
+    db = tmp_path / "billing.duckdb"
+    run_dates(data, db, D(2026, 3, 2), D(2026, 3, 2), "BER", RunOptions(), echo=lambda _: None)
+    run_dates(data, db, D(2026, 3, 3), D(2026, 3, 4), None, RunOptions(), echo=lambda _: None)
+    assert billed_and_charged(db) == ([(D(2026, 3, 3), "C1", ["dues_posted"], 5000)],
+                                      [(D(2026, 3, 3), 5000, "approved")])
