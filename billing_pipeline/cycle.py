@@ -362,8 +362,13 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
                          without_payment_method.select("business_date", "customer_id")]).unique()
     blocks = prebilling.billing_blocks(candidates.lazy(), flagged.lazy(), night.facility_days.lazy(),
                                        settings.max_flagged_share).collect()
+    charge_pending = query(conn, """
+        SELECT DISTINCT k.customer_id, k.business_date
+        FROM charge_requests r ANTI JOIN billing_attempts a USING (idempotency_key)
+        JOIN _keys k ON r.customer_id = k.customer_id AND r.business_date < k.business_date""",
+                           _keys=candidates.select("customer_id", "business_date"))
     held = billable_rules.apply_holds(candidates.lazy(), duplicates.lazy(), night.usable_methods.lazy(),
-                                      blocks.lazy()).collect()
+                                      blocks.lazy(), charge_pending.lazy()).collect()
     out = {
         "billable_customers": held.select(*billable_rules.BILLABLE_COLUMNS, "payment_method_id")
         .sort("facility_id", "customer_id"),
@@ -432,8 +437,8 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
         .join(night.inputs.facilities.select("facility_id", "surcharge_enabled", "surcharge_percent",
                                              "surcharge_product_id"), on="facility_id")
         .lazy()).collect()
-    # A day whose charging failed, rerun after the next day billed: that day charged the whole
-    # balance, this day's included. Charges already answered stay; nothing is sent.
+    # A day whose charging failed before its requests were written, rerun after the next day
+    # billed: that day charged the whole balance, this day's included. Nothing new is written.
     late = billed_later(conn, days, billed_in_order_too=True)
     with transaction(conn):
         new = query(conn, "SELECT p.* FROM _planned p ANTI JOIN charge_requests r USING (idempotency_key)",
@@ -442,12 +447,12 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
             refuse_billing_superseded(late, "charging")
         insert(conn, "charge_requests", new.with_columns(pl.lit(dt.datetime.now(dt.timezone.utc)).alias("requested_at")),
                key="idempotency_key")
+    # Requests written before the later day billed are sent: that day held their customers
+    # (`charge_pending`), and the gateway answers a key it already charged from its record.
     pending = query(conn, """
         SELECT r.* FROM charge_requests r JOIN _days d USING (facility_id, business_date)
         ANTI JOIN billing_attempts a USING (idempotency_key) ORDER BY r.idempotency_key""",
                     _days=days.select("facility_id", "business_date"))
-    if pending.height:
-        refuse_billing_superseded(late, "charging")
     requests = pending.select("idempotency_key", "business_date", "facility_id", "customer_id", "payment_method_id",
                               "token", "amount_cents", "surcharge_cents", "surcharge_product_id",
                               (pl.col("amount_cents") + pl.col("surcharge_cents")).alias("charge_cents"))

@@ -401,3 +401,30 @@ def test_a_homes_first_night_counts_the_dues_of_an_earlier_day_east_of_it(tmp_pa
     run_dates(data, db, D(2026, 3, 3), D(2026, 3, 4), None, RunOptions(), echo=lambda _: None)
     assert billed_and_charged(db) == ([(D(2026, 3, 3), "C1", ["dues_posted"], 5000)],
                                       [(D(2026, 3, 3), 5000, "approved")])
+
+
+def test_a_charge_written_but_not_answered_holds_the_customer_until_its_day_is_rerun(tmp_path, monkeypatch):
+    """New York's D dies while charging, after writing C1's request (it may have reached the
+    gateway). D+1 would bill the whole balance, D's dues included: C1 is held (charge_pending).
+    Rerunning D sends D's request; C1 pays D's 5000 once."""
+    data = write_export(
+        tmp_path / "data", facilities=[facility(facility_id="NY", timezone="America/New_York")],
+        plans=[plan(), plan(plan_id="PT", name="Personal training", contract_type="program")],
+        customers=[customer("C1", facility_id="NY")],
+        contracts=[contract("K1", facility_id="NY", start_date=D(2026, 3, 2)),
+                   contract("K2", facility_id="NY", plan_id="PT", start_date=D(2026, 3, 3))],
+        payment_methods=[card("C1")])
+    db = tmp_path / "billing.duckdb"
+    defs, instance = build_definitions(str(data), str(db)), dg.DagsterInstance.ephemeral()
+    ny = [partition_key(run_instant("America/New_York", d)) for d in (D(2026, 3, 2), D(2026, 3, 3))]
+    restore = failing(monkeypatch, "run_charges")
+    assert not execute(defs, ny[0], instance).success
+    restore()
+    assert execute(defs, ny[1], instance).success
+    with duckdb.connect(str(db), read_only=True) as conn:
+        assert conn.execute("SELECT business_date, hold_reason, balance_cents FROM billable_customers "
+                            "ORDER BY 1").fetchall() == [(D(2026, 3, 2), None, 5000),
+                                                         (D(2026, 3, 3), "charge_pending", 10000)]
+    assert execute(defs, ny[0], instance).success
+    _, charged = billed_and_charged(db)
+    assert charged == [(D(2026, 3, 2), 5000, "approved")]
