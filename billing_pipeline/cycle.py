@@ -187,19 +187,16 @@ def refuse_superseded_days(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame) 
             "nothing written; rerun the later day instead")
 
 
-def billed_later(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame, billed_in_order_too: bool = False) -> pl.DataFrame:
+def billed_later(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame) -> pl.DataFrame:
     """The facility-days whose facility has a later day whose billing finished before theirs did
-    (or theirs never did): that later day billed these customers' whole balance, this day's dues
-    included, so billing this day now would charge them twice. With `billed_in_order_too`, any
-    later day that billed (for charging: a charge not made before it was in that balance)."""
-    in_order = "OR true" if billed_in_order_too else ""
-    return query(conn, f"""
+    (or theirs never did): that later day counted this day's dues and billed the balance."""
+    return query(conn, """
         SELECT d.facility_id, d.business_date, min(l.business_date) AS later_day
         FROM _days d
         JOIN processed_days l ON l.facility_id = d.facility_id AND l.business_date > d.business_date
                               AND l.billed_first_at IS NOT NULL
         LEFT JOIN processed_days s ON s.facility_id = d.facility_id AND s.business_date = d.business_date
-        WHERE s.billed_first_at IS NULL OR s.billed_first_at > l.billed_first_at {in_order}
+        WHERE s.billed_first_at IS NULL OR s.billed_first_at > l.billed_first_at
         GROUP BY ALL ORDER BY ALL""", _days=days.select("facility_id", "business_date"))
 
 
@@ -362,13 +359,8 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
                          without_payment_method.select("business_date", "customer_id")]).unique()
     blocks = prebilling.billing_blocks(candidates.lazy(), flagged.lazy(), night.facility_days.lazy(),
                                        settings.max_flagged_share).collect()
-    charge_pending = query(conn, """
-        SELECT DISTINCT k.customer_id, k.business_date
-        FROM charge_requests r ANTI JOIN billing_attempts a USING (idempotency_key)
-        JOIN _keys k ON r.customer_id = k.customer_id AND r.business_date < k.business_date""",
-                           _keys=candidates.select("customer_id", "business_date"))
     held = billable_rules.apply_holds(candidates.lazy(), duplicates.lazy(), night.usable_methods.lazy(),
-                                      blocks.lazy(), charge_pending.lazy()).collect()
+                                      blocks.lazy(), charge_holds(conn, candidates).lazy()).collect()
     out = {
         "billable_customers": held.select(*billable_rules.BILLABLE_COLUMNS, "payment_method_id")
         .sort("facility_id", "customer_id"),
@@ -384,6 +376,23 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
             replace_facility_days(conn, table, frame, night.facility_days)
         stamp_first(conn, night.facility_days, "billed_first_at")
     return out
+
+
+def charge_holds(conn: duckdb.DuckDBPyConnection, candidates: pl.DataFrame) -> pl.DataFrame:
+    """Customers not to charge today because of their other days' charges (rare: a day killed
+    while charging, or rerun after a later one):
+    charge_pending  an earlier day's charge is written but has no outcome: it may have gone
+                    through; rerunning that day sends it and settles it
+    billed_later    a later day already charged their whole balance (this day's dues included)
+                    and this day never charged them: charging now would charge them twice."""
+    return query(conn, """
+        SELECT k.customer_id, k.business_date,
+               bool_or(r.business_date < k.business_date AND a.idempotency_key IS NULL) AS charge_pending,
+               bool_or(r.business_date > k.business_date) AND NOT bool_or(r.business_date = k.business_date)
+                   AS billed_later
+        FROM _keys k JOIN charge_requests r USING (customer_id)
+        LEFT JOIN billing_attempts a USING (idempotency_key)
+        GROUP BY ALL""", _keys=candidates.select("customer_id", "business_date"))
 
 
 def dues_since(conn: duckdb.DuckDBPyConnection, runs: pl.DataFrame) -> dt.date:
@@ -437,17 +446,12 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
         .join(night.inputs.facilities.select("facility_id", "surcharge_enabled", "surcharge_percent",
                                              "surcharge_product_id"), on="facility_id")
         .lazy()).collect()
-    # A day whose charging failed before its requests were written, rerun after the next day
-    # billed: that day charged the whole balance, this day's included. Nothing new is written.
-    late = billed_later(conn, days, billed_in_order_too=True)
     with transaction(conn):
         new = query(conn, "SELECT p.* FROM _planned p ANTI JOIN charge_requests r USING (idempotency_key)",
                     _planned=planned)
-        if new.height:
-            refuse_billing_superseded(late, "charging")
         insert(conn, "charge_requests", new.with_columns(pl.lit(dt.datetime.now(dt.timezone.utc)).alias("requested_at")),
                key="idempotency_key")
-    # Requests written before the later day billed are sent: that day held their customers
+    # Requests written earlier are always sent: a later day held their customers
     # (`charge_pending`), and the gateway answers a key it already charged from its record.
     pending = query(conn, """
         SELECT r.* FROM charge_requests r JOIN _days d USING (facility_id, business_date)

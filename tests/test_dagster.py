@@ -349,11 +349,8 @@ def step_errors(result) -> str:
     return " ".join(messages)
 
 
-@pytest.mark.parametrize("step", ["select_billable", "charge"])
-def test_a_home_day_rerun_after_the_next_day_billed_charges_no_one_again(tmp_path, monkeypatch, step):
-    """New York's D fails in billing (or in charging) after its dues posted; D+1 bills C1's whole
-    balance, D's 5000 included, with D+1's own 5000. Rerunning D then is refused: it would charge
-    D's 5000 a second time."""
+def new_york_member_billed_on_two_days(tmp_path):
+    """C1 at New York: 5000 due on D (K1) and 5000 on D+1 (K2, another plan)."""
     data = write_export(
         tmp_path / "data", facilities=[facility(facility_id="NY", timezone="America/New_York")],
         plans=[plan(), plan(plan_id="PT", name="Personal training", contract_type="program")],
@@ -362,16 +359,80 @@ def test_a_home_day_rerun_after_the_next_day_billed_charges_no_one_again(tmp_pat
                    contract("K2", facility_id="NY", plan_id="PT", start_date=D(2026, 3, 3))],
         payment_methods=[card("C1")])
     db = tmp_path / "billing.duckdb"
-    defs, instance = build_definitions(str(data), str(db)), dg.DagsterInstance.ephemeral()
     ny = [partition_key(run_instant("America/New_York", d)) for d in (D(2026, 3, 2), D(2026, 3, 3))]
-    restore = failing(monkeypatch, step)
+    return build_definitions(str(data), str(db)), dg.DagsterInstance.ephemeral(), ny, db
+
+
+def holds(db):
+    with duckdb.connect(str(db), read_only=True) as conn:
+        return conn.execute("SELECT business_date, customer_id, hold_reason, balance_cents FROM billable_customers "
+                            "ORDER BY 1, 2").fetchall()
+
+
+def test_a_home_day_whose_billing_failed_is_refused_after_the_next_day_billed(tmp_path, monkeypatch):
+    """New York's D fails in billing after its dues posted; D+1 counts D's dues and bills C1's
+    whole balance (10000). Billing D now would charge D's 5000 again: refused, with the reason."""
+    defs, instance, ny, db = new_york_member_billed_on_two_days(tmp_path)
+    restore = failing(monkeypatch, "select_billable")
     assert not execute(defs, ny[0], instance).success
     restore()
     assert execute(defs, ny[1], instance).success
     rerun = execute(defs, ny[0], instance)
     assert not rerun.success and "a later day of their facility already billed" in step_errors(rerun)
-    _, charged = billed_and_charged(db)
-    assert charged == [(D(2026, 3, 3), 10000, "approved")]
+    assert billed_and_charged(db)[1] == [(D(2026, 3, 3), 10000, "approved")]
+
+
+def test_a_home_day_whose_charging_failed_holds_whom_the_next_day_charged(tmp_path, monkeypatch):
+    """New York's D bills C1 (5000), then its charging fails before writing a request; D+1
+    charges C1's whole balance (10000). Rerunning D holds C1 (billed_later): one charge."""
+    defs, instance, ny, db = new_york_member_billed_on_two_days(tmp_path)
+    restore = failing(monkeypatch, "charge")
+    assert not execute(defs, ny[0], instance).success
+    restore()
+    assert execute(defs, ny[1], instance).success
+    assert execute(defs, ny[0], instance).success
+    assert holds(db) == [(D(2026, 3, 2), "C1", "billed_later", 5000), (D(2026, 3, 3), "C1", None, 10000)]
+    assert billed_and_charged(db)[1] == [(D(2026, 3, 3), 10000, "approved")]
+
+
+def test_a_day_rerun_late_charges_whom_the_next_day_did_not_bill(tmp_path, monkeypatch):
+    """C1's only dues are D's; New York's D fails in charging, D+1 (no reason to bill C1) runs,
+    then D is rerun: C1 is charged then, once (not left owing until dues that never come)."""
+    data = write_export(
+        tmp_path / "data", facilities=[facility(facility_id="NY", timezone="America/New_York")],
+        customers=[customer("C1", facility_id="NY")],
+        contracts=[contract("K1", facility_id="NY", start_date=D(2026, 3, 2), end_date=D(2026, 3, 20))],
+        payment_methods=[card("C1")])
+    db = tmp_path / "billing.duckdb"
+    defs, instance = build_definitions(str(data), str(db)), dg.DagsterInstance.ephemeral()
+    ny = [partition_key(run_instant("America/New_York", d)) for d in (D(2026, 3, 2), D(2026, 3, 3))]
+    restore = failing(monkeypatch, "charge")
+    assert not execute(defs, ny[0], instance).success
+    restore()
+    assert execute(defs, ny[1], instance).success
+    assert execute(defs, ny[0], instance).success
+    assert billed_and_charged(db)[1] == [(D(2026, 3, 2), 5000, "approved")]
+
+
+def test_a_blocked_day_fixed_after_the_next_day_ran_charges_its_customers(tmp_path):
+    """New York's D is blocked (C2 of 2 has no card); D+1 runs before the export is fixed. After
+    the fix, rerunning D charges C1 and C2 their dues of D, which D+1 had no reason to bill."""
+    def export(c2_card):
+        return write_export(
+            tmp_path / "data", facilities=[facility(facility_id="NY", timezone="America/New_York")],
+            customers=[customer("C1", facility_id="NY"), customer("C2", facility_id="NY")],
+            contracts=[contract("K1", facility_id="NY", start_date=D(2026, 3, 2)),
+                       contract("K2", customer_id="C2", facility_id="NY", start_date=D(2026, 3, 2))],
+            payment_methods=[card("C1"), *([card("C2")] if c2_card else [])])
+    data = export(c2_card=False)
+    db = tmp_path / "billing.duckdb"
+    defs, instance = build_definitions(str(data), str(db)), dg.DagsterInstance.ephemeral()
+    ny = [partition_key(run_instant("America/New_York", d)) for d in (D(2026, 3, 2), D(2026, 3, 3))]
+    assert not execute(defs, ny[0], instance).success  # blocked: charging does not run
+    assert execute(defs, ny[1], instance).success
+    export(c2_card=True)
+    assert execute(defs, ny[0], instance).success
+    assert billed_and_charged(db)[1] == [(D(2026, 3, 2), 5000, "approved"), (D(2026, 3, 2), 5000, "approved")]
 
 
 def test_dues_counted_by_a_home_day_are_not_counted_again_by_its_late_rerun(tmp_path, monkeypatch):
@@ -407,24 +468,11 @@ def test_a_charge_written_but_not_answered_holds_the_customer_until_its_day_is_r
     """New York's D dies while charging, after writing C1's request (it may have reached the
     gateway). D+1 would bill the whole balance, D's dues included: C1 is held (charge_pending).
     Rerunning D sends D's request; C1 pays D's 5000 once."""
-    data = write_export(
-        tmp_path / "data", facilities=[facility(facility_id="NY", timezone="America/New_York")],
-        plans=[plan(), plan(plan_id="PT", name="Personal training", contract_type="program")],
-        customers=[customer("C1", facility_id="NY")],
-        contracts=[contract("K1", facility_id="NY", start_date=D(2026, 3, 2)),
-                   contract("K2", facility_id="NY", plan_id="PT", start_date=D(2026, 3, 3))],
-        payment_methods=[card("C1")])
-    db = tmp_path / "billing.duckdb"
-    defs, instance = build_definitions(str(data), str(db)), dg.DagsterInstance.ephemeral()
-    ny = [partition_key(run_instant("America/New_York", d)) for d in (D(2026, 3, 2), D(2026, 3, 3))]
+    defs, instance, ny, db = new_york_member_billed_on_two_days(tmp_path)
     restore = failing(monkeypatch, "run_charges")
     assert not execute(defs, ny[0], instance).success
     restore()
     assert execute(defs, ny[1], instance).success
-    with duckdb.connect(str(db), read_only=True) as conn:
-        assert conn.execute("SELECT business_date, hold_reason, balance_cents FROM billable_customers "
-                            "ORDER BY 1").fetchall() == [(D(2026, 3, 2), None, 5000),
-                                                         (D(2026, 3, 3), "charge_pending", 10000)]
+    assert holds(db) == [(D(2026, 3, 2), "C1", None, 5000), (D(2026, 3, 3), "C1", "charge_pending", 10000)]
     assert execute(defs, ny[0], instance).success
-    _, charged = billed_and_charged(db)
-    assert charged == [(D(2026, 3, 2), 5000, "approved")]
+    assert billed_and_charged(db)[1] == [(D(2026, 3, 2), 5000, "approved")]

@@ -100,30 +100,30 @@ def sweep_candidates(billable: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def apply_holds(billable: pl.LazyFrame, duplicate_customers: pl.LazyFrame, usable: pl.LazyFrame,
-                blocks: pl.LazyFrame, charge_pending: pl.LazyFrame | None = None) -> pl.LazyFrame:
-    """`charge_pending`: (customer_id, business_date) with an earlier day's charge written but not
-    answered (a run killed while charging, not rerun yet): that charge may have gone through, so
-    the balance is not charged again until that day is rerun and its outcome known."""
+                blocks: pl.LazyFrame, charge_holds: pl.LazyFrame | None = None) -> pl.LazyFrame:
+    """`charge_holds`: (customer_id, business_date, charge_pending, billed_later) from the
+    customers' other days' charges (see `cycle.charge_holds`)."""
     keys = ["customer_id", "business_date"]
     dup = duplicate_customers.select(*keys, pl.lit(True).alias("dup")).unique()
     blocked = blocks.filter(pl.col("blocked")).select("facility_id", "business_date", pl.lit(True).alias("blocked"))
-    if charge_pending is None:
-        charge_pending = pl.LazyFrame(schema={"customer_id": pl.String, "business_date": pl.Date})
-    pending = charge_pending.select(*keys, pl.lit(True).alias("pending")).unique()
+    if charge_holds is None:
+        charge_holds = pl.LazyFrame(schema={"customer_id": pl.String, "business_date": pl.Date,
+                                            "charge_pending": pl.Boolean, "billed_later": pl.Boolean})
     hold = (
         pl.when(pl.col("dup").fill_null(False)).then(pl.lit("duplicate_contract"))
         .when(pl.col("payment_method_id").is_null()).then(pl.lit("no_payment_method"))
         .when(pl.col("blocked").fill_null(False)).then(pl.lit("billing_blocked"))
-        .when(pl.col("pending").fill_null(False)).then(pl.lit("charge_pending"))
+        .when(pl.col("charge_pending").fill_null(False)).then(pl.lit("charge_pending"))
+        .when(pl.col("billed_later").fill_null(False)).then(pl.lit("billed_later"))
         .otherwise(None)
     )
     return (
         billable.join(dup, on=keys, how="left")
         .join(usable, on=keys, how="left")
         .join(blocked, on=["facility_id", "business_date"], how="left")
-        .join(pending, on=keys, how="left")
+        .join(charge_holds.select(*keys, "charge_pending", "billed_later"), on=keys, how="left")
         .with_columns(hold.alias("hold_reason"))
-        .drop("dup", "blocked", "pending")
+        .drop("dup", "blocked", "charge_pending", "billed_later")
     )
 
 
