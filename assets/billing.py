@@ -8,8 +8,8 @@ from assets.partitions import facility_day_windows
 from assets.resources import (BillingSettings, ExportFolder, GatewayResource, WarehouseResource, frame_metadata,
                               warehouse_table)
 from billing_pipeline import cycle
-from checks import prebilling
 from billing_pipeline.warehouse.ledger import ledger_problems
+from checks import prebilling
 from checks.ledger import ledger_check_result, ledger_check_spec
 
 BILLABLE_CUSTOMERS = prebilling.BILLABLE_CUSTOMERS

@@ -172,49 +172,44 @@ class SupersededDay(ValueError):
     up (its dues posted, its customers billed). Running it now would bill them again."""
 
 
-def refuse_superseded_days(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame) -> None:
-    late = query(conn, """
-        SELECT d.facility_id, d.business_date, min(p.business_date) AS later_day
-        FROM _days d JOIN processed_days p ON p.facility_id = d.facility_id AND p.business_date > d.business_date
-        WHERE NOT EXISTS (SELECT 1 FROM processed_days q
-                          WHERE q.facility_id = d.facility_id AND q.business_date = d.business_date)
-        GROUP BY ALL ORDER BY ALL""", _days=days.select("facility_id", "business_date"))
-    if late.height:
-        first = late.row(0, named=True)
-        raise SupersededDay(
-            f"{late.height} facility-days were never run and a later day already caught them up "
-            f"(e.g. {first['facility_id']} {first['business_date']}, caught up by {first['later_day']}): "
-            "nothing written; rerun the later day instead")
-
-
-def billed_later(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame) -> pl.DataFrame:
-    """The facility-days whose facility has a later day whose billing finished before theirs did
-    (or theirs never did): that later day counted this day's dues and billed the balance."""
-    return query(conn, """
+def refuse_superseded(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame, condition: str, message: str) -> None:
+    """Raises SupersededDay, with `message` formatted for the first of them, if any facility-day
+    `d` (processed_days row `s`, if any) has a later day `l` of its facility meeting `condition`."""
+    late = query(conn, f"""
         SELECT d.facility_id, d.business_date, min(l.business_date) AS later_day
         FROM _days d
         JOIN processed_days l ON l.facility_id = d.facility_id AND l.business_date > d.business_date
-                              AND l.billed_first_at IS NOT NULL
         LEFT JOIN processed_days s ON s.facility_id = d.facility_id AND s.business_date = d.business_date
-        WHERE s.billed_first_at IS NULL OR s.billed_first_at > l.billed_first_at
+        WHERE {condition}
         GROUP BY ALL ORDER BY ALL""", _days=days.select("facility_id", "business_date"))
-
-
-def refuse_billing_superseded(late: pl.DataFrame, step: str) -> None:
     if late.height:
-        first = late.row(0, named=True)
-        raise SupersededDay(
-            f"{step} of {late.height} facility-days refused: a later day of their facility already billed "
-            f"their customers' whole balance (e.g. {first['facility_id']} {first['business_date']}, billed by "
-            f"{first['later_day']}); running it now would charge them twice. Their dues stay posted and "
-            "the next day's billing counts them.")
+        raise SupersededDay(message.format(n=late.height, **late.row(0, named=True)))
+
+
+def refuse_superseded_days(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame) -> None:
+    refuse_superseded(conn, days, "s.facility_id IS NULL",
+                      "{n} facility-days were never run and a later day already caught them up "
+                      "(e.g. {facility_id} {business_date}, caught up by {later_day}): "
+                      "nothing written; rerun the later day instead")
+
+
+def refuse_superseded_billing(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame) -> None:
+    """A day whose billing never finished (or finished after a later day's): that later day
+    counted this day's dues and billed the whole balance."""
+    refuse_superseded(conn, days, """l.billed_first_at IS NOT NULL
+                                     AND (s.billed_first_at IS NULL OR s.billed_first_at > l.billed_first_at)""",
+                      "billing of {n} facility-days refused: a later day of their facility already billed "
+                      "their customers' whole balance (e.g. {facility_id} {business_date}, billed by "
+                      "{later_day}); running it now would charge them twice. Their dues stay posted and "
+                      "the next day's billing counts them.")
 
 
 def maintenance(conn: duckdb.DuckDBPyConnection, night: Night) -> dict[str, pl.DataFrame]:
     days = night.facility_days
     refuse_superseded_days(conn, days)
     statuses = night.contracts.select("business_date", "facility_id", "contract_id", "customer_id", "status")
-    days_with_previous = days.join(previous_runs(conn, days).select("facility_id", "business_date", "previous_business_date"), on=["facility_id", "business_date"])
+    previous = previous_runs(conn, days).select("facility_id", "business_date", "previous_business_date")
+    days_with_previous = days.join(previous, on=["facility_id", "business_date"])
     # Reported under the facility that processes the contract (its customer's home when its own
     # facility does not exist), as its dues errors are.
     changes = night.changes.join(night.routed.select("contract_id", "facility_id").unique(), on="contract_id")
@@ -288,7 +283,7 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
 # --- billable customers, sweeps and pre-billing checks (SPEC 1.4, 1.6) -----------------------
 
 def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: CycleSettings) -> dict[str, pl.DataFrame]:
-    refuse_billing_superseded(billed_later(conn, night.facility_days), "billing")
+    refuse_superseded_billing(conn, night.facility_days)
     customer_days = night.customer_days
     keys = customer_days.select("customer_id", "business_date")
     # Tonight's dues of a customer: those posted by every facility-day (at any facility, in any

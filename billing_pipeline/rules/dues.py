@@ -32,9 +32,9 @@ def contracts_for_days(contracts: pl.LazyFrame, customers: pl.LazyFrame, facilit
     the export's first facility (lowest facility_id): a bad record is never dropped unreported.
     """
     known_facilities = facilities.select("facility_id", pl.lit(True).alias("facility_known"))
-    first_facility = facilities.select(pl.col("facility_id").min()).collect().item()  # a small table
+    known = facilities.select("facility_id").collect().get_column("facility_id")  # a small table
+    first_facility = known.min()
     batch = facility_days.select("facility_id").unique().collect().get_column("facility_id")
-    known = facilities.select("facility_id").collect().get_column("facility_id")
     candidates = contracts
     if not known.is_in(batch.implode()).all():
         # Only a contract of a facility in the batch, or of an unknown facility (routed below), can be
