@@ -74,7 +74,8 @@ class Night:
             candidates = candidates.filter(
                 ~pl.col("facility_id").is_in(self.facility_days.get_column("facility_id").implode()))
         return (
-            candidates.select("contract_id", "contract_key", "customer_id", "plan_id", "dues_cents")
+            candidates.select("contract_id", "contract_key", "customer_id", "plan_id", "dues_cents",
+                              pl.col("status").alias("exported_status"), "start_date", "end_date")
             .join(self.customer_keys.lazy(), on="customer_id")
             .join(self.routed.lazy().select("contract_key", "business_date"), on=["contract_key", "business_date"],
                   how="anti")
@@ -344,7 +345,7 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
     duplicates, without_payment_method = night.duplicates, night.without_payment_method
     qualifying = (night.customer_contracts.filter(pl.col("status").is_in(contract_status.IN_EFFECT)
                                          & pl.col("contract_type").is_in(billable_rules.QUALIFYING_TYPES))
-                  .select("customer_id", "business_date").unique())
+                  .select("customer_id", "business_date"))
     night.forget("customer_contracts", "customer_keys", "elsewhere")  # 10M contracts' rows: not needed from here on
     with_reasons = billable_rules.with_reasons(customer_days.lazy(), due.lazy(), last_attempts.lazy(),
                                                qualifying.lazy()).collect()

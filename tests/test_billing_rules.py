@@ -51,7 +51,8 @@ def billable(day: dt.date = DAY, *, balance: dict[str, int], due: dict[str, tupl
     last_frame = pl.DataFrame([(c, d, o, d) for c, (d, o) in last.items()], orient="row",
                               schema={"customer_id": pl.String, "last_attempt_date": pl.Date, "last_outcome": pl.String,
                                       "last_billed_date": pl.Date})
-    qual = pl.DataFrame([(c, day) for c in sorted(qualifying or set())], orient="row", schema=KEYS)
+    # A row per qualifying contract, as the cycle passes them: two each.
+    qual = pl.DataFrame([(c, day) for c in sorted(qualifying or set()) for _ in range(2)], orient="row", schema=KEYS)
     candidates = rules.with_reasons(days.lazy(), due_frame.lazy(), last_frame.lazy(), qual.lazy())
     out = rules.with_balance(candidates, balances.lazy()).collect()
     assert out["customer_id"].n_unique() == out.height, "at most one row (one attempt) per customer and day"
@@ -180,6 +181,12 @@ def usable(methods: list[dict], day: dt.date = DAY) -> dict[str, str]:
     ([card("C1", is_default=False)], {}),             # only the default one is used
     ([card("C1", is_default=False), card("C1", payment_method_id="PM-2", kind="ach")], {"C1": "PM-2"}),
     ([card("C1", removed=True), card("C1", payment_method_id="PM-2", is_default=False)], {}),
+    # several usable defaults (a data slip): the highest id; an expired or removed one does not count
+    ([card("C1", payment_method_id="PM-3"), card("C1", payment_method_id="PM-2")], {"C1": "PM-3"}),
+    ([card("C1", payment_method_id="PM-3", expires_on=DAY - dt.timedelta(days=1)),
+      card("C1", payment_method_id="PM-2")], {"C1": "PM-2"}),
+    ([card("C1", payment_method_id="PM-3", removed=True), card("C1", payment_method_id="PM-2"),
+      card("C1", payment_method_id="PM-1")], {"C1": "PM-2"}),
 ])
 def test_usable_payment_method_is_the_default_not_removed_and_not_expired(methods, expected):
     assert usable(methods) == expected

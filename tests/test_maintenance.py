@@ -33,7 +33,8 @@ def status_by_date(contracts: list[dict], changes: list[dict], dates: list[dt.da
     timeline = contract_status.status_timeline(keyed.lazy(), applied)
     pairs = pl.DataFrame([(c["contract_id"], d) for c in contracts for d in dates], orient="row",
                          schema={"contract_id": pl.String, "business_date": pl.Date})
-    pairs = pairs.join(keyed.select("contract_id", "contract_key"), on="contract_id")
+    pairs = pairs.join(keyed.select("contract_id", "contract_key", pl.col("status").alias("exported_status"),
+                                    "start_date", "end_date"), on="contract_id")
     out = contract_status.status_on(timeline, pairs.lazy(), "business_date").collect()
     return {(r["contract_id"], r["business_date"]): r["status"] for r in out.iter_rows(named=True)}
 
@@ -311,9 +312,12 @@ def test_status_matches_a_replay_of_the_changes(base, start_offset, end_offset, 
     changes = [change(f"X{i}", "K1", kind, origin + dt.timedelta(days=d), at(h, origin + dt.timedelta(days=d), i))
                for i, (kind, d, h) in enumerate(events)]
     dates = days(origin, origin + dt.timedelta(days=40))
-    got = status_by_date([k], changes, dates)
+    # K2, the same contract without changes, is off the timeline: its status is worked out from
+    # its own columns, in the same call.
+    got = status_by_date([k, contract("K2", status=base, start_date=start, end_date=end)], changes, dates)
     for day in dates:
         assert got[("K1", day)] == replay(base, start, end, changes, day)[0], day
+        assert got[("K2", day)] == replay(base, start, end, [], day)[0], day
     # Each change that does not apply is reported exactly once, on its effective date (nightly runs).
     not_applied = reported([k], changes, dates)
     assert sorted(cid for _, cid in not_applied) == sorted(replay(base, start, end, changes, dates[-1])[1])

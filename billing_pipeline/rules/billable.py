@@ -51,7 +51,7 @@ def with_reasons(customer_days: pl.LazyFrame, due: pl.LazyFrame, last_attempts: 
     (what of it posted). last_attempts: customer_id, last_attempt_date, last_outcome (latest
     attempt before D), last_billed_date (latest attempt or hold for the customer's own data, for
     rolling sweeps). qualifying: customer_id, business_date of customers with a membership /
-    program / pass contract in effect on D.
+    program / pass contract in effect on D (a row per contract will do).
     """
     d = pl.col("business_date")
     days_since = (d - pl.col("last_attempt_date")).dt.total_days()
@@ -66,17 +66,35 @@ def with_reasons(customer_days: pl.LazyFrame, due: pl.LazyFrame, last_attempts: 
     }
     keys = ["customer_id", "business_date"]
     flags = [f"_{name}" for name in reasons]
-    return (
+    with_a_reason = (
         customer_days.join(due, on=keys, how="left")
         .join(last_attempts, on="customer_id", how="left")
-        .join(qualifying.select(*keys, pl.lit(True).alias("qualifies")), on=keys, how="left")
         .with_columns(*[cond.fill_null(False).alias(flag) for flag, cond in zip(flags, reasons.values())])
-        .filter(pl.any_horizontal(flags) & (~pl.col("active_contracts_only") | pl.col("qualifies").fill_null(False)))
-        # the list of reasons only for those kept (a list per row is costly at millions)
-        .with_columns(pl.concat_list([pl.when(pl.col(flag)).then(pl.lit(name)).otherwise(None)
-                                      for flag, name in zip(flags, reasons)]).list.drop_nulls().alias("reasons"))
-        .drop(flags)
+        .filter(pl.any_horizontal(flags))
     )
+    # Only the customers with a reason at a facility that bills active contracts only are looked
+    # up among the qualifying contracts: a unique over every qualifying contract's customer cost
+    # 2.6 s a night at 10M contracts.
+    asked = with_a_reason.filter(pl.col("active_contracts_only")).select(keys)
+    qualifies = (qualifying.select(keys).join(asked, on=keys, how="semi").unique()
+                 .with_columns(pl.lit(True).alias("qualifies")))
+    return (
+        with_a_reason.join(qualifies, on=keys, how="left")
+        .filter(~pl.col("active_contracts_only") | pl.col("qualifies").fill_null(False))
+        # Each combination of reasons (16 at most) is one list, joined on its bit mask: building a
+        # list per row took 2 s for 2M customers.
+        .with_columns(pl.sum_horizontal([pl.col(flag).cast(pl.UInt8) * (1 << bit) for bit, flag in enumerate(flags)])
+                      .cast(pl.UInt8).alias("_mask"))
+        .join(reason_lists(list(reasons)), on="_mask", how="left")
+        .drop(*flags, "_mask")
+    )
+
+
+def reason_lists(names: list[str]) -> pl.LazyFrame:
+    """_mask -> reasons: the names whose bit is set, in order."""
+    masks = range(1 << len(names))
+    return pl.LazyFrame({"_mask": masks, "reasons": [[n for bit, n in enumerate(names) if m >> bit & 1] for m in masks]},
+                        schema={"_mask": pl.UInt8, "reasons": pl.List(pl.String)})
 
 
 def with_balance(candidates: pl.LazyFrame, balances: pl.LazyFrame) -> pl.LazyFrame:

@@ -116,12 +116,13 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
     contract_id, last_bill_date (latest period posted before this business date).
     Returns (periods with kind and amount, too_many_missed_periods errors).
     """
-    # Nothing bills from a termination or conclusion on: the window ends the day before.
+    # Nothing bills from a termination or conclusion on: the window ends the day before. A contract
+    # off the timeline (no change applies to it) ends after its end date.
     ends = (timeline.filter(pl.col("status").is_in(["terminated", "concluded"]))
-            .group_by("contract_key").agg(pl.col("valid_from").min().alias("ends_on")))
+            .group_by("contract_key").agg(pl.col("valid_from").min().alias("timeline_ends_on")))
     schedule_inputs = ["business_date", "facility_id", "contract_id", "contract_key", "customer_id", "frequency", "schedule",
-                       "start_date", "first_bill_date", "weekly_billing_day", "monthly_billing_day",
-                       "amount_cents", "freeze_fee_cents"]
+                       "exported_status", "start_date", "end_date", "first_bill_date", "weekly_billing_day",
+                       "monthly_billing_day", "amount_cents", "freeze_fee_cents"]
     # Materialized at each stage: the later ones (explode, status on each bill date, errors)
     # read them several times, and a lazy plan would recompute them for every reader.
     windows = (
@@ -129,7 +130,9 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
         processed.filter(pl.col("exported_status").is_in(ALIVE))
         .select(schedule_inputs).join(last_posted, on="contract_id", how="left")
         .join(ends, on="contract_key", how="left")
+        .with_columns(pl.coalesce("timeline_ends_on", pl.col("end_date") + pl.duration(days=1)).alias("ends_on"))
         .with_columns(pl.min_horizontal("business_date", pl.col("ends_on") - pl.duration(days=1)).alias("through"))
+        .drop("timeline_ends_on", "ends_on")
         .pipe(bill_dates.with_schedule)
         .pipe(bill_dates.with_count_between, "last_bill_date", "through", "n_dates")
         .filter(pl.col("n_dates") > 0)
