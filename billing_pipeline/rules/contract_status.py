@@ -33,26 +33,43 @@ def with_contract_key(contracts: pl.DataFrame) -> pl.DataFrame:
     return contracts.with_row_index("contract_key")
 
 
+# Window functions over(contract_key) cost 0.5-0.8 s each on 842k changes of 610k contracts (a
+# group per contract); on rows sorted by contract_key the same answers come from whole-column
+# shifts and fills: where each contract's run of rows starts, and the last earlier row of the run
+# meeting a condition.
+
+def run_start(key: str) -> pl.Expr:
+    """The row number where each row's run of equal `key` begins (rows sorted by `key`)."""
+    starts = (pl.col(key) != pl.col(key).shift(1)).fill_null(True)
+    return pl.when(starts).then(pl.int_range(pl.len(), dtype=pl.Int64)).otherwise(None).forward_fill()
+
+
+def earlier_in_run(condition: pl.Expr) -> pl.Expr:
+    """The row number of the last earlier row meeting `condition`, in any run (null if none);
+    compare it with `run_start` to keep it within the row's own run."""
+    return pl.when(condition).then(pl.int_range(pl.len(), dtype=pl.Int64)).otherwise(None).shift(1).forward_fill()
+
+
 def applied_changes(contracts: pl.LazyFrame, status_changes: pl.LazyFrame) -> pl.LazyFrame:
     """Every status change of a known contract with `state_before` and `applies`."""
     base = contracts.select("contract_id", "contract_key", pl.col("status").alias("base_status"), "start_date",
                             "end_date")
-    ordered = (
-        status_changes.join(base, on="contract_id", how="inner")
-        .sort("contract_key", "effective_date", "requested_at", "change_id")
-    )
     eff, kind, base_status = pl.col("effective_date"), pl.col("kind"), pl.col("base_status")
     counts_for_freeze_thaw = kind.is_in(["freeze", "thaw"]) & (
         (base_status != "pending") | (eff >= pl.col("start_date")))
-    last_freeze_thaw = (
-        pl.when(counts_for_freeze_thaw).then(kind).otherwise(None)
-        .shift(1).forward_fill().over("contract_key")
+    ordered = (
+        status_changes.join(base, on="contract_id", how="inner")
+        .sort("contract_key", "effective_date", "requested_at", "change_id")
+        .with_columns(run_start("contract_key").alias("_start"),
+                      earlier_in_run(counts_for_freeze_thaw).alias("_freeze_thaw_row"),
+                      earlier_in_run(kind == "terminate").alias("_terminate_row"))
     )
-    earlier_terminates = (kind == "terminate").cast(pl.Int32).cum_sum().shift(1, fill_value=0).over("contract_key")
+    ft_row = pl.col("_freeze_thaw_row")
+    last_freeze_thaw = pl.when(ft_row >= pl.col("_start")).then(kind.gather(ft_row.fill_null(0))).otherwise(None)
     state_before = (
         pl.when(base_status.is_in(["terminated", "concluded"])).then(base_status)
         .when(pl.col("end_date").is_not_null() & (eff > pl.col("end_date"))).then(pl.lit("concluded"))
-        .when(earlier_terminates > 0).then(pl.lit("terminated"))
+        .when((pl.col("_terminate_row") >= pl.col("_start")).fill_null(False)).then(pl.lit("terminated"))
         .when((base_status == "pending") & (eff < pl.col("start_date"))).then(pl.lit("pending"))
         .when(last_freeze_thaw == "freeze").then(pl.lit("frozen"))
         .when(last_freeze_thaw == "thaw").then(pl.lit("active"))
@@ -64,15 +81,16 @@ def applied_changes(contracts: pl.LazyFrame, status_changes: pl.LazyFrame) -> pl
         | ((kind == "thaw") & (pl.col("state_before") == "frozen"))
         | ((kind == "terminate") & pl.col("state_before").is_in(ALIVE))
     )
-    return ordered.with_columns(state_before.alias("state_before")).with_columns(applies.alias("applies"))
+    return (ordered.with_columns(state_before.alias("state_before")).with_columns(applies.alias("applies"))
+            .drop("_start", "_freeze_thaw_row", "_terminate_row"))
 
 
 def status_timeline(contracts: pl.LazyFrame, changes: pl.LazyFrame) -> pl.LazyFrame:
     """(contract_key, valid_from, status) of the contracts with a change that applies: the status
     from valid_from on, latest row wins.
 
-    `changes` is the output of `applied_changes`. Within one date the order is: base, start of a
-    pending contract, the day's changes in requested_at order, then conclusion.
+    `changes` is the output of `applied_changes` (in its order). Within one date the order is:
+    base, start of a pending contract, the day's changes in requested_at order, then conclusion.
     """
     with_changes = changes.filter(pl.col("applies")).select("contract_key").unique()
     c = contracts.join(with_changes, on="contract_key", how="semi").select("contract_key", "status", "start_date",
@@ -86,7 +104,7 @@ def status_timeline(contracts: pl.LazyFrame, changes: pl.LazyFrame) -> pl.LazyFr
         "contract_key", pl.col("start_date").alias("valid_from"), pl.lit(1).alias("seq"), pl.lit("active").alias("status"))
     changed = changes.filter(pl.col("applies")).select(
         "contract_key", pl.col("effective_date").alias("valid_from"),
-        (pl.int_range(pl.len()).over("contract_key") + 2).cast(pl.Int32).alias("seq"),
+        (pl.int_range(pl.len(), dtype=pl.Int64) - run_start("contract_key") + 2).cast(pl.Int32).alias("seq"),
         pl.col("kind").replace_strict({"freeze": "frozen", "thaw": "active", "terminate": "terminated"},
                                       return_dtype=pl.String).alias("status"))
     concluded = (
