@@ -92,6 +92,9 @@ def status_timeline(contracts: pl.LazyFrame, changes: pl.LazyFrame) -> pl.LazyFr
     `changes` is the output of `applied_changes` (in its order). Within one date the order is:
     base, start of a pending contract, the day's changes in requested_at order, then conclusion.
     """
+    # Read three times below; and Polars 2.1's streaming engine panicked (PortState assertion) on
+    # this plan over a lazy `applied_changes`.
+    changes = changes.collect().lazy()
     with_changes = changes.filter(pl.col("applies")).select("contract_key").unique()
     c = contracts.join(with_changes, on="contract_key", how="semi").select("contract_key", "status", "start_date",
                                                                            "end_date")
@@ -151,6 +154,7 @@ def status_on(timeline: pl.LazyFrame, pairs: pl.LazyFrame, date_col: str) -> pl.
     other follows from its own columns. The result keeps `pairs`' rows and order.
     """
     frame = pairs.collect()
+    timeline = timeline.collect().lazy()  # read twice below
     looked_up = (
         frame.lazy().select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("_row"), "contract_key", date_col)
         .join(timeline.select("contract_key").unique(), on="contract_key", how="semi")
