@@ -33,7 +33,7 @@ from typing import Any
 
 from benchmarks.common import write_json
 
-BEGINNING = dt.date(1900, 1, 1)
+BEGINNING = dt.date.min
 ONE_DAY = dt.timedelta(days=1)
 IN_EFFECT = ("active", "frozen")
 ALIVE = ("pending", "active", "frozen")

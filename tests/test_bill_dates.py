@@ -261,10 +261,12 @@ def test_month_steps_never_drift(cases):
         year, month = add_months(anchor.year, anchor.month, k * STEP[freq])
         expected.append(clamp(year, month, anchor.day))
     rows = [row(frequency=freq, start=anchor, through=exp) for (anchor, _, freq), exp in zip(cases, expected)]
-    ks = pl.Series("k", [k for _, k, _ in cases], dtype=pl.Int64)
-    nth = (frame(*rows).pipe(bill_dates.with_schedule).collect().with_columns(ks).lazy()
-           .pipe(bill_dates.with_nth_bill_date, "k", "d").collect()["d"].to_list())
-    assert nth == expected
+    rows = [{**r, "contract_id": f"K{i}"} for i, r in enumerate(rows)]
+    ks = pl.DataFrame({"contract_id": [f"K{i}" for i in range(len(cases))], "k": [k for _, k, _ in cases]},
+                      schema={"contract_id": pl.String, "k": pl.Int64})
+    nth = (frame(*rows).pipe(bill_dates.with_schedule).join(ks.lazy(), on="contract_id")  # rows are regrouped
+           .pipe(bill_dates.with_nth_bill_date, "k", "d").collect())
+    assert dict(zip(nth["contract_id"], nth["d"])) == {f"K{i}": exp for i, exp in enumerate(expected)}
     got, counts = evaluate(rows)
     for i, ((anchor, k, freq), exp) in enumerate(zip(cases, expected)):
         assert got[f"K{i}"][-1] == exp, (anchor, k, freq)

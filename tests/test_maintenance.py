@@ -127,6 +127,17 @@ def test_pending_contract_with_a_past_end_date_is_concluded():
     assert status(k, [], D(2026, 3, 1)) == "concluded"
 
 
+def test_a_contract_dated_before_1900_follows_the_same_rules():
+    """The timeline starts before any date an export holds: a pending contract that started in
+    1899 is active, whether or not a later change puts it on the timeline."""
+    k1 = contract("K1", status="pending", start_date=D(1899, 12, 5))
+    k2 = contract("K2", status="pending", start_date=D(1899, 12, 5))
+    got = status_by_date([k1, k2], [change("X1", "K2", "freeze", D(2026, 2, 1))], [D(2026, 1, 5), D(2026, 2, 5)])
+    assert got == {("K1", D(2026, 1, 5)): "active", ("K2", D(2026, 1, 5)): "active",
+                   ("K1", D(2026, 2, 5)): "active", ("K2", D(2026, 2, 5)): "frozen"}
+    assert status(contract("K3", start_date=D(1899, 12, 1), end_date=D(1899, 12, 10)), [], D(1899, 12, 20)) == "concluded"
+
+
 def test_exported_terminal_statuses_stay():
     for s in ("terminated", "concluded"):
         k = contract("K1", status=s)

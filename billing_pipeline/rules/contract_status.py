@@ -25,7 +25,9 @@ import polars as pl
 
 IN_EFFECT = ["active", "frozen"]
 ALIVE = ["pending", "active", "frozen"]
-BEGINNING = dt.date(1900, 1, 1)
+# The base row of a timeline: before any date an export can hold (a start date of 1800-01-01 must
+# still make a pending contract active).
+BEGINNING = dt.date.min
 
 
 def with_contract_key(contracts: pl.DataFrame) -> pl.DataFrame:
@@ -139,8 +141,7 @@ def status_without_changes(date: pl.Expr) -> pl.Expr:
     such a contract, in closed form). Reads exported_status, start_date and end_date."""
     exported = pl.col("exported_status")
     return (
-        pl.when(date < BEGINNING).then(None)
-        .when(exported.is_in(ALIVE) & (date > pl.col("end_date")).fill_null(False)).then(pl.lit("concluded"))
+        pl.when(exported.is_in(ALIVE) & (date > pl.col("end_date")).fill_null(False)).then(pl.lit("concluded"))
         .when((exported == "pending") & (date >= pl.col("start_date"))).then(pl.lit("active"))
         .otherwise(exported.cast(pl.String))
     )
