@@ -258,7 +258,8 @@ def per_row_night(rows: dict[str, list[tuple]], day: dt.date) -> dict[str, Any]:
             through = day
             for valid_from, st in zip(*tl):
                 if st in ("terminated", "concluded"):
-                    through = min(day, valid_from - ONE_DAY)
+                    # ended from the beginning (the base row, at date.min): never bills
+                    through = min(day, valid_from - ONE_DAY) if valid_from > BEGINNING else BEGINNING
                     break
             hi = series.count_through(through)
             extra = series.extra_first is not None and series.extra_first <= through
