@@ -34,6 +34,27 @@ def test_a_repeated_key_is_answered_from_the_record_and_charged_once(tmp_path):
     assert gateway.captured() == {"k1": 1000, "k2": 500}
 
 
+def test_overlapping_calls_record_each_key_once(tmp_path):
+    """Calls overlap (their records are written in a thread, one at a time): 20 calls at once,
+    each sharing keys with the next, charge every key once and answer repeats from the record."""
+    gateway = SimulatedGateway(tmp_path / "gw.sqlite")
+
+    async def all_calls():
+        return await asyncio.gather(*(gateway.charge(requests(*[(f"k{i + j}", "tok", 100) for j in range(10)]))
+                                      for i in range(0, 100, 5)))
+
+    got = asyncio.run(all_calls())
+    assert all(set(a["idempotency_key"]) == {f"k{i + j}" for j in range(10)} and a.height == 10
+               for i, a in zip(range(0, 100, 5), got))
+    assert gateway.captured() == {f"k{i}": 100 for i in range(105)}
+    references = {}
+    for answer in got:
+        for key, reference in zip(answer["idempotency_key"], answer["reference"]):
+            assert references.setdefault(key, reference) == reference  # a repeat gets the first answer
+    requested = dict(gateway._db.execute("SELECT idempotency_key, times_requested FROM charges").fetchall())
+    assert requested["k0"] == 1 and requested["k5"] == 2 and sum(requested.values()) == 200
+
+
 def test_tokens_decide_the_answer(tmp_path):
     gateway = SimulatedGateway(tmp_path / "gw.sqlite")
     got = answers(gateway, ("a", "decline_insufficient_funds", 100), ("b", "error_timeout", 100), ("c", "tok", 100))

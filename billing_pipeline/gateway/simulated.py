@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 from pathlib import Path
 
 import polars as pl
@@ -33,6 +34,7 @@ class SimulatedGateway:
         self.latency_s, self.decline_rate, self.seed = latency_s, decline_rate, seed
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.state_path, isolation_level=None, check_same_thread=False)
+        self._lock = threading.Lock()  # one connection: one transaction at a time
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.execute("""CREATE TABLE IF NOT EXISTS charges (
@@ -50,7 +52,9 @@ class SimulatedGateway:
         errors = requests.filter(failing).select(
             "idempotency_key", pl.lit("error").alias("outcome"), pl.lit(None, pl.String).alias("decline_code"),
             pl.lit(None, pl.String).alias("reference"), pl.format("gateway error for token {}", "token").alias("message"))
-        answered = self._store(self.decide(requests.filter(~failing)))
+        # The record is written in a thread (one at a time): the event loop goes on receiving the
+        # other calls' answers meanwhile, as it would with a remote gateway.
+        answered = await asyncio.to_thread(self._store_locked, self.decide(requests.filter(~failing)))
         return pl.concat([errors, answered.with_columns(pl.lit(None, pl.String).alias("message"))]).cast(ANSWER_SCHEMA)
 
     def decide(self, requests: pl.DataFrame) -> pl.DataFrame:
@@ -63,6 +67,10 @@ class SimulatedGateway:
             pl.when(by_token).then(pl.col("token").str.strip_prefix("decline_"))
             .when(at_random).then(pl.lit("do_not_honor")).alias("decline_code"),
             pl.format("sim_{}", pl.col("idempotency_key").hash(self.seed + 1)).alias("reference"))
+
+    def _store_locked(self, decided: pl.DataFrame) -> pl.DataFrame:
+        with self._lock:
+            return self._store(decided)
 
     def _store(self, decided: pl.DataFrame) -> pl.DataFrame:
         """Records the answers of new keys and returns, for every key, the answer on record."""
