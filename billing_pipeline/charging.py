@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import polars as pl
 
 from billing_pipeline.gateway.interface import ANSWER_SCHEMA, REQUEST_SCHEMA, GatewayError, PaymentGateway
+from billing_pipeline.rules.text import fmt
 
 OUTCOME_SCHEMA = {**ANSWER_SCHEMA, "tries": pl.Int32, "completed_at": pl.Datetime("us", "UTC")}
 
@@ -69,7 +70,7 @@ async def charge_all(requests: pl.DataFrame, gateway: PaymentGateway, settings: 
         unanswered = pl.col("outcome") == "error"
         if attempt == settings.attempts:
             done, again = answers.with_columns(pl.when(unanswered).then(
-                pl.format(f"gateway error after {attempt} tries: {{}}", "message")).otherwise("message")), None
+                fmt(f"gateway error after {attempt} tries: {{}}", "message")).otherwise("message")), None
         else:
             done, again = answers.filter(~unanswered), answers.filter(unanswered)
         buffer.append(batch.join(done, on="idempotency_key"))

@@ -23,6 +23,7 @@ from pathlib import Path
 import polars as pl
 
 from billing_pipeline.gateway.interface import ANSWER_SCHEMA, IdempotencyConflict
+from billing_pipeline.rules.text import fmt
 
 STORED = ["idempotency_key", "customer_id", "payment_method_id", "amount_cents", "outcome", "decline_code",
           "reference"]
@@ -51,7 +52,7 @@ class SimulatedGateway:
         failing = pl.col("token").str.starts_with("error_")
         errors = requests.filter(failing).select(
             "idempotency_key", pl.lit("error").alias("outcome"), pl.lit(None, pl.String).alias("decline_code"),
-            pl.lit(None, pl.String).alias("reference"), pl.format("gateway error for token {}", "token").alias("message"))
+            pl.lit(None, pl.String).alias("reference"), fmt("gateway error for token {}", "token").alias("message"))
         # The record is written in a thread (one at a time): the event loop goes on receiving the
         # other calls' answers meanwhile, as it would with a remote gateway.
         answered = await asyncio.to_thread(self._store_locked, self.decide(requests.filter(~failing)))
@@ -66,7 +67,7 @@ class SimulatedGateway:
             pl.when(by_token | at_random).then(pl.lit("declined")).otherwise(pl.lit("approved")).alias("outcome"),
             pl.when(by_token).then(pl.col("token").str.strip_prefix("decline_"))
             .when(at_random).then(pl.lit("do_not_honor")).alias("decline_code"),
-            pl.format("sim_{}", pl.col("idempotency_key").hash(self.seed + 1)).alias("reference"))
+            fmt("sim_{}", pl.col("idempotency_key").hash(self.seed + 1)).alias("reference"))
 
     def _store_locked(self, decided: pl.DataFrame) -> pl.DataFrame:
         with self._lock:

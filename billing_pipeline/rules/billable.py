@@ -10,6 +10,7 @@ from __future__ import annotations
 import polars as pl
 
 from billing_pipeline.rules.money import percent_of
+from billing_pipeline.rules.text import fmt
 
 QUALIFYING_TYPES = ["membership", "program", "pass"]
 REASONS = ["dues_posted", "retry", "sweep_fixed", "sweep_rolling"]
@@ -153,7 +154,7 @@ def charge_requests(held: pl.LazyFrame) -> pl.LazyFrame:
     surcharge = pl.when(pl.col("surcharge_enabled") & (pl.col("payment_kind") == "card")).then(
         percent_of(pl.col("balance_cents"), pl.col("surcharge_percent").fill_null(0.0))).otherwise(0)
     return held.filter(pl.col("hold_reason").is_null()).select(
-        pl.format("bill:{}:{}", "customer_id", "business_date").alias("idempotency_key"),
+        fmt("bill:{}:{}", "customer_id", "business_date").alias("idempotency_key"),
         "business_date", "facility_id", "customer_id", "payment_method_id", "payment_kind", "token",
         pl.col("balance_cents").alias("amount_cents"),
         surcharge.cast(pl.Int64).alias("surcharge_cents"),

@@ -23,6 +23,8 @@ import datetime as dt
 
 import polars as pl
 
+from billing_pipeline.rules.text import fmt
+
 IN_EFFECT = ["active", "frozen"]
 ALIVE = ["pending", "active", "frozen"]
 # The base row of a timeline: before any date an export can hold (a start date of 1800-01-01 must
@@ -183,7 +185,7 @@ def status_change_errors(changes: pl.LazyFrame, facility_days: pl.LazyFrame) -> 
         .select(
             "business_date", "facility_id", "change_id", "contract_id",
             pl.lit("not_applicable").alias("error_code"),
-            pl.format("{} effective {} does not apply: the contract is {} then",
+            fmt("{} effective {} does not apply: the contract is {} then",
                       pl.col("kind"), pl.col("effective_date"), pl.col("state_before")).alias("message"),
         )
     )

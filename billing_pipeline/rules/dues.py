@@ -14,6 +14,7 @@ import polars as pl
 from billing_pipeline.inputs.contract import CONTRACT_TYPES, FREQUENCIES, SCHEDULES
 from billing_pipeline.rules import bill_dates
 from billing_pipeline.rules.contract_status import ALIVE, IN_EFFECT, status_on
+from billing_pipeline.rules.text import fmt
 
 MAX_MISSED_PERIODS = 12
 # Above this many bill dates in the window, the window is not expanded: it is an error anyway.
@@ -86,17 +87,17 @@ def data_errors(processed: pl.LazyFrame, duplicate_customers: pl.LazyFrame) -> p
     held = processed.join(duplicate_customers.select("business_date", "customer_id"),
                           on=["business_date", "customer_id"], how="semi")
     checks = [
-        ("unknown_plan", ~pl.col("plan_known"), pl.format("plan {} does not exist", "plan_id")),
-        ("unknown_customer", ~pl.col("customer_known"), pl.format("customer {} does not exist", "customer_id")),
+        ("unknown_plan", ~pl.col("plan_known"), fmt("plan {} does not exist", "plan_id")),
+        ("unknown_customer", ~pl.col("customer_known"), fmt("customer {} does not exist", "customer_id")),
         ("unknown_facility", ~pl.col("facility_known"),
-         pl.format("facility {} does not exist", "contract_facility_id")),
+         fmt("facility {} does not exist", "contract_facility_id")),
         ("unknown_facility", pl.col("home_unknown") & pl.col("facility_known"),
-         pl.format("customer {}'s home facility {} does not exist: they could not be billed",
+         fmt("customer {}'s home facility {} does not exist: they could not be billed",
                    "customer_id", "home_facility_id")),
         ("negative_amount", (pl.col("amount_cents") < 0) | (pl.col("freeze_fee_cents") < 0),
-         pl.format("dues of {} cents (freeze fee {}) are negative", "amount_cents", "freeze_fee_cents")),
+         fmt("dues of {} cents (freeze fee {}) are negative", "amount_cents", "freeze_fee_cents")),
         ("invalid_dates", pl.col("end_date") < pl.col("start_date"),
-         pl.format("end date {} is before start date {}", "end_date", "start_date")),
+         fmt("end date {} is before start date {}", "end_date", "start_date")),
     ]
     columns = ["business_date", "facility_id", "contract_id", "contract_key", "customer_id"]
     parts = [
@@ -105,7 +106,7 @@ def data_errors(processed: pl.LazyFrame, duplicate_customers: pl.LazyFrame) -> p
     ]
     parts.append(held.select(
         *columns, pl.lit("duplicate_contract").alias("error_code"),
-        pl.format("customer {} has two or more contracts in effect for one plan: held until resolved",
+        fmt("customer {} has two or more contracts in effect for one plan: held until resolved",
                   "customer_id").alias("message")))
     return pl.concat(parts, how="vertical")
 
@@ -169,7 +170,7 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
               on="contract_key")
         .select("business_date", "facility_id", "contract_id", "contract_key", "customer_id",
                 pl.lit("too_many_missed_periods").alias("error_code"),
-                pl.format("{} unposted periods through {} (more than {}): set first_bill_date or post them manually",
+                fmt("{} unposted periods through {} (more than {}): set first_bill_date or post them manually",
                           "n_periods", "last", pl.lit(MAX_MISSED_PERIODS)).alias("message"))
     )
     return periods, too_many

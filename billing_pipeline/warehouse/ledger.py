@@ -15,6 +15,7 @@ import warnings
 import duckdb
 import polars as pl
 
+from billing_pipeline.rules.text import fmt
 from billing_pipeline.warehouse.store import query, register
 
 LEDGER_COLUMNS = ["entry_id", "business_date", "facility_id", "customer_id", "kind", "amount_cents",
@@ -22,7 +23,7 @@ LEDGER_COLUMNS = ["entry_id", "business_date", "facility_id", "customer_id", "ki
 
 
 def period_entry_id(contract_id: pl.Expr, bill_date: pl.Expr) -> pl.Expr:
-    return pl.format("period|{}|{}", contract_id, bill_date)
+    return fmt("period|{}|{}", contract_id, bill_date)
 
 
 def dues_entries(postings: pl.DataFrame) -> pl.DataFrame:
@@ -39,12 +40,12 @@ def billing_entries(approved: pl.DataFrame) -> pl.DataFrame:
     base = approved.select("business_date", "facility_id", "customer_id", "idempotency_key",
                            "amount_cents", "surcharge_cents", "surcharge_product_id")
     surcharges = base.filter(pl.col("surcharge_cents") > 0).select(
-        pl.format("surcharge|{}", "idempotency_key").alias("entry_id"), "business_date", "facility_id",
+        fmt("surcharge|{}", "idempotency_key").alias("entry_id"), "business_date", "facility_id",
         "customer_id", pl.lit("surcharge").alias("kind"), pl.col("surcharge_cents").alias("amount_cents"),
         pl.lit(None, pl.String).alias("contract_id"), pl.lit(None, pl.Date).alias("bill_date"), "idempotency_key",
         pl.col("surcharge_product_id").alias("product_id"))
     payments = base.select(
-        pl.format("payment|{}", "idempotency_key").alias("entry_id"), "business_date", "facility_id",
+        fmt("payment|{}", "idempotency_key").alias("entry_id"), "business_date", "facility_id",
         "customer_id", pl.lit("billing_payment").alias("kind"),
         (-(pl.col("amount_cents") + pl.col("surcharge_cents"))).alias("amount_cents"),
         pl.lit(None, pl.String).alias("contract_id"), pl.lit(None, pl.Date).alias("bill_date"), "idempotency_key",
