@@ -10,10 +10,11 @@ import dagster as dg
 import polars as pl
 
 from billing_pipeline.charging import ChargeSettings
-from billing_pipeline.cycle import CycleSettings, Night
+from billing_pipeline.cycle import CycleSettings
 from billing_pipeline.facility_clock import facility_days_for_partition
 from billing_pipeline.gateway import SimulatedGateway
 from billing_pipeline.inputs.load import Inputs, load_inputs
+from billing_pipeline.night import Night
 from billing_pipeline.runner import default_gateway_state
 from billing_pipeline.warehouse.store import Warehouse
 

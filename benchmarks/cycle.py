@@ -71,6 +71,7 @@ class Timers:
 def instrument(timers: Timers) -> list[str]:
     """Wraps the cycle's functions in timers; returns the names that could not be found."""
     from billing_pipeline import cycle, runner
+    from billing_pipeline.night import Night
     from billing_pipeline.warehouse import ledger, store
 
     missing = []
@@ -98,12 +99,12 @@ def instrument(timers: Timers) -> list[str]:
     for attr, name in [("read_raw", "read"), ("cast_columns", "cast"), ("validate", "validate")]:
         patch(load, attr, name)
     # Every shared frame of the Night (whatever the package defines today), timed where first used.
-    for attr, prop in list(vars(cycle.Night).items()):
+    for attr, prop in list(vars(Night).items()):
         if not isinstance(prop, cached_property):
             continue
         wrapped = cached_property(timers.wrap(f"night.{attr}", prop.func))
-        wrapped.__set_name__(cycle.Night, attr)
-        setattr(cycle.Night, attr, wrapped)
+        wrapped.__set_name__(Night, attr)
+        setattr(Night, attr, wrapped)
     return missing
 
 

@@ -28,7 +28,7 @@ def main() -> None:
 
     import polars as pl
 
-    from billing_pipeline.cycle import Night
+    from billing_pipeline.night import Night
     from billing_pipeline.facility_clock import facility_days_for_date
     from billing_pipeline.inputs.load import load_inputs
     from billing_pipeline.rules import dues

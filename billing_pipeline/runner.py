@@ -14,10 +14,11 @@ from pathlib import Path
 import polars as pl
 
 from billing_pipeline.charging import ChargeSettings
-from billing_pipeline.cycle import CycleSettings, Night, NightSummary, run_night
+from billing_pipeline.cycle import CycleSettings, NightSummary, run_night
 from billing_pipeline.facility_clock import facility_days_for_date
 from billing_pipeline.gateway import SimulatedGateway
 from billing_pipeline.inputs.load import load_inputs
+from billing_pipeline.night import Night
 from billing_pipeline.warehouse.store import Warehouse
 
 

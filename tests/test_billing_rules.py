@@ -13,9 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from billing_pipeline import cycle
-from billing_pipeline.cycle import CycleSettings, Night
+from billing_pipeline.cycle import CycleSettings
 from billing_pipeline.inputs.contract import TABLES
 from billing_pipeline.inputs.load import Inputs
+from billing_pipeline.night import Night
 from billing_pipeline.rules import billable as rules
 from billing_pipeline.rules import prebilling
 from billing_pipeline.rules.balance import balance_due_now

@@ -1,7 +1,7 @@
 """Dues posting (SPEC 1.3): periods up to D post once, catch-up, freeze fees, and the dues posting
 errors that stop one contract without stopping the rest.
 
-The rules are wired as the nightly cycle wires them (`cycle.Night` + `rules.dues.post_dues`), on
+The rules are wired as the nightly cycle wires them (`night.Night` + `rules.dues.post_dues`), on
 tiny hand-built exports; `last_posted` stands for what the ledger already holds.
 """
 
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from billing_pipeline.cycle import Night
+from billing_pipeline.night import Night
 from billing_pipeline.inputs.contract import TABLES
 from billing_pipeline.inputs.load import Inputs
 from billing_pipeline.rules import dues

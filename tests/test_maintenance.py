@@ -9,7 +9,7 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from billing_pipeline.cycle import Night
+from billing_pipeline.night import Night
 from billing_pipeline.inputs.contract import TABLES
 from billing_pipeline.inputs.load import Inputs
 from billing_pipeline.rules import contract_status
