@@ -25,16 +25,16 @@ from pathlib import Path
 
 import duckdb
 
-from benchmarks.common import gib, run_child, write_json
+from benchmarks.common import gib, match_balances, run_child, write_json
 
 HISTORY = ["processed_days", "contract_status_log", "due_contracts", "dues_postings", "billable_customers",
            "sweep_candidates", "charge_requests", "billing_attempts", "ledger"]
-KEYS = {"entry_id", "idempotency_key"}  # unique per row: each month's copy gets its own
+KEYS = {"entry_id", "idempotency_key"}  # unique per row: each day's copy gets its own
 
 
-def grow(conn: duckdb.DuckDBPyConnection, template: dt.date, first: dt.date, days: int) -> dict[str, int]:
-    """Adds `days` copies of the template day's rows to every HISTORY table, dated first - 1,
-    first - 2, ... (the template is `first` + 1)."""
+def grow(conn: duckdb.DuckDBPyConnection, template: dt.date, days: int) -> dict[str, int]:
+    """Adds `days` copies of the template day's rows to every HISTORY table, dated 2, 3, ...,
+    days + 1 days before it (the template is the day after the first night: before the first night)."""
     added = {}
     for table in HISTORY:
         columns = conn.execute(f"DESCRIBE {table}").fetchall()
@@ -56,10 +56,7 @@ def grow(conn: duckdb.DuckDBPyConnection, template: dt.date, first: dt.date, day
             FROM {table} t, range(2, {days + 2}) r(k) WHERE t.business_date = $template {order}""",
                      {"template": template})
         added[table] = conn.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0] - before
-    conn.execute("""
-        UPDATE customer_balances b SET balance_cents = s.cents, entries = s.n
-        FROM (SELECT customer_id, sum(amount_cents)::BIGINT AS cents, count(*) AS n FROM ledger GROUP BY ALL) s
-        WHERE s.customer_id = b.customer_id""")
+    match_balances(conn)
     conn.execute("CHECKPOINT")
     return added
 
@@ -103,7 +100,7 @@ def main() -> None:
         writer = copies["aged"].with_name("warehouse.writer.duckdb")
         started = time.perf_counter()
         with duckdb.connect(str(writer if writer.exists() else copies["aged"])) as conn:
-            added = grow(conn, template, first, args.days)
+            added = grow(conn, template, args.days)
             ledger_rows = conn.execute("SELECT count(*) FROM ledger").fetchall()[0][0]
         grow_s = time.perf_counter() - started
         print(f"{args.days} days of history added in {grow_s:.0f} s (ledger now {ledger_rows:,} rows): {added}",

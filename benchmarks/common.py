@@ -2,7 +2,9 @@
 
 Every measurement runs in a child process started by `run_child`, which reaps it with
 `os.wait4` so the peak RSS reported is that child's own high-water mark (ru_maxrss), not the
-orchestrator's. Workers write their results as JSON to a file the orchestrator names.
+orchestrator's, as long as the orchestrator stays small: Linux counts a forked child's size at
+the fork too (workers also report their own sampled peak, `RssSampler`). Workers write their
+results as JSON to a file the orchestrator names.
 """
 
 from __future__ import annotations
@@ -117,3 +119,11 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
         self.sample()
+
+
+def match_balances(conn: Any) -> None:
+    """Sets customer_balances to the ledger's sums, after a benchmark copied history into the ledger."""
+    conn.execute("""
+        UPDATE customer_balances b SET balance_cents = s.cents, entries = s.n
+        FROM (SELECT customer_id, sum(amount_cents)::BIGINT AS cents, count(*) AS n FROM ledger GROUP BY ALL) s
+        WHERE s.customer_id = b.customer_id""")

@@ -23,6 +23,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from benchmarks.common import match_balances
 from billing_pipeline.facility_clock import facility_days_for_date
 from billing_pipeline.inputs.load import load_inputs
 from billing_pipeline.warehouse.ledger import ledger_problems
@@ -44,10 +45,7 @@ def grow(conn: duckdb.DuckDBPyConnection, months: int) -> None:
                    customer_id, kind, amount_cents, contract_id, bill_date - INTERVAL {k} MONTH,
                    idempotency_key || '|h{k}', product_id, posted_at
             FROM ledger WHERE entry_id NOT LIKE '%|h%'""")
-    conn.execute("""
-        UPDATE customer_balances b SET balance_cents = s.cents, entries = s.n
-        FROM (SELECT customer_id, sum(amount_cents)::BIGINT AS cents, count(*) AS n FROM ledger GROUP BY ALL) s
-        WHERE s.customer_id = b.customer_id""")
+    match_balances(conn)
     conn.execute("CHECKPOINT")
 
 

@@ -12,7 +12,6 @@ from functools import cached_property
 
 import polars as pl
 
-from billing_pipeline.inputs.contract import CONTRACT_TYPES
 from billing_pipeline.inputs.load import Inputs
 from billing_pipeline.rules import billable as billable_rules
 from billing_pipeline.rules import contract_status, dues, prebilling
@@ -69,10 +68,7 @@ class Night:
             .join(self.customer_keys.lazy(), on="customer_id")
             .join(self.routed.lazy().select("contract_key", "business_date"), on=["contract_key", "business_date"],
                   how="anti")
-            .join(i.plans.lazy().select("plan_id", pl.col("contract_type").cast(pl.Enum(CONTRACT_TYPES)),
-                                        pl.col("dues_cents").alias("plan_dues_cents")),
-                  on="plan_id", how="left")
-            .with_columns(pl.coalesce("dues_cents", "plan_dues_cents").alias("amount_cents"))
+            .pipe(dues.with_plan, i.plans.lazy())
         ).collect()
 
     @cached_property

@@ -63,15 +63,23 @@ def contracts_for_days(contracts: pl.LazyFrame, customers: pl.LazyFrame, facilit
         .rename({"processing_facility_id": "facility_id"})
     )
     settings = facilities.select("facility_id", pl.col("weekly_billing_day", "monthly_billing_day").cast(pl.Int8))
+    return (
+        routed.join(facility_days.select("facility_id", "business_date"), on="facility_id", how="inner")
+        .join(settings, on="facility_id", how="left")
+        .pipe(with_plan, plans)
+    )
+
+
+def with_plan(contracts: pl.LazyFrame, plans: pl.LazyFrame) -> pl.LazyFrame:
+    """Contracts with their plan's kinds and freeze fee, `plan_known`, and `amount_cents`: the
+    contract's own dues if set, else its plan's."""
     # The plan's kinds as enums (4 bytes a row, not 16): the join copies them onto every contract.
     plan_cols = plans.select("plan_id", pl.col("contract_type").cast(pl.Enum(CONTRACT_TYPES)),
                              pl.col("frequency").cast(pl.Enum(FREQUENCIES)), pl.col("schedule").cast(pl.Enum(SCHEDULES)),
                              pl.col("dues_cents").alias("plan_dues_cents"), "freeze_fee_cents",
                              pl.lit(True).alias("plan_known"))
     return (
-        routed.join(facility_days.select("facility_id", "business_date"), on="facility_id", how="inner")
-        .join(settings, on="facility_id", how="left")
-        .join(plan_cols, on="plan_id", how="left")
+        contracts.join(plan_cols, on="plan_id", how="left")
         .with_columns(
             pl.col("plan_known").fill_null(False),
             pl.coalesce("dues_cents", "plan_dues_cents").alias("amount_cents"),
