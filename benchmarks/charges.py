@@ -52,11 +52,11 @@ def measure(n: int, max_in_flight: int, batch_size: int, latency_s: float, recor
     from billing_pipeline.charging import ChargeSettings, run_charges
     from billing_pipeline.gateway import SimulatedGateway
     from billing_pipeline.warehouse import ledger
-    from billing_pipeline.warehouse.store import insert, transaction
+    from billing_pipeline.warehouse.store import CONNECTION_CONFIG, insert, transaction
 
     tag = f"n{n}-m{max_in_flight}-b{batch_size}-l{latency_s}-{record_mode}"
     requests = build(n)
-    conn = duckdb.connect(str(workdir / f"{tag}.duckdb"))
+    conn = duckdb.connect(str(workdir / f"{tag}.duckdb"), config=CONNECTION_CONFIG)
     conn.execute(resources.files("billing_pipeline.warehouse").joinpath("schema.sql").read_text())
     gateway = SimulatedGateway(workdir / f"{tag}.gateway.sqlite", latency_s=latency_s)
     record_times: list[float] = []

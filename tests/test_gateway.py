@@ -144,3 +144,25 @@ def test_a_request_waiting_to_be_resent_holds_up_no_other_charge(tmp_path):
     assert others.get_column("completed_at").max() < failed["completed_at"]
     # everyone else was charged during k0's backoff, not after it
     assert others.get_column("completed_at").max() < started + dt.timedelta(seconds=1.0)
+
+
+def test_the_latency_is_the_answer_time_and_the_record_is_kept_within_it(tmp_path):
+    """A remote gateway keeps its record within its answer time: the key is on record while the
+    call still waits, and the answer comes no sooner than the latency."""
+    gateway = SimulatedGateway(tmp_path / "gw.sqlite", latency_s=1.0)
+    seen_while_waiting = []
+
+    async def call_and_watch():
+        started = asyncio.get_running_loop().time()
+        call = asyncio.ensure_future(gateway.charge(requests(("k1", "tok", 100))))
+        while not call.done() and not seen_while_waiting:
+            await asyncio.sleep(0.02)
+            if SimulatedGateway(tmp_path / "gw.sqlite").captured():  # another connection: committed
+                seen_while_waiting.append(asyncio.get_running_loop().time() - started)
+        answer = await call
+        return answer, asyncio.get_running_loop().time() - started
+
+    answer, took = asyncio.run(call_and_watch())
+    assert answer.get_column("outcome").to_list() == ["approved"]
+    assert took >= 1.0
+    assert seen_while_waiting and seen_while_waiting[0] < 0.5  # kept while the latency ran, not after it

@@ -2,8 +2,9 @@
 
 `decline_<code>` tokens are declined with <code>; `error_...` tokens get a retryable `error`
 answer; anything else is approved, unless a configured random decline rate says otherwise
-(decided by a seeded hash of the key). Each call waits `latency_s` (one round trip), then
-decides the whole batch at once with Polars.
+(decided by a seeded hash of the key). Each call decides its whole batch at once with Polars
+and answers `latency_s` after it was made (one round trip; the gateway's bookkeeping is done
+within it, as a remote gateway's is on its own machines).
 
 Answers are kept in a SQLite file by idempotency key, committed (one transaction per call)
 before they are returned, like a real gateway: a killed and rerun pipeline that resends a key is
@@ -47,15 +48,18 @@ class SimulatedGateway:
         self._db.close()
 
     async def charge(self, requests: pl.DataFrame) -> pl.DataFrame:
-        if self.latency_s:
-            await asyncio.sleep(self.latency_s)
         failing = pl.col("token").str.starts_with("error_")
         errors = requests.filter(failing).select(
             "idempotency_key", pl.lit("error").alias("outcome"), pl.lit(None, pl.String).alias("decline_code"),
             pl.lit(None, pl.String).alias("reference"), fmt("gateway error for token {}", "token").alias("message"))
-        # The record is written in a thread (one at a time): the event loop goes on receiving the
-        # other calls' answers meanwhile, as it would with a remote gateway.
-        answered = await asyncio.to_thread(self._store_locked, self.decide(requests.filter(~failing)))
+        # The record is written in a thread (one at a time) while the round trip's latency runs: a
+        # remote gateway does its bookkeeping within its answer time, on its own machines, and
+        # the event loop goes on receiving the other calls' answers meanwhile.
+        storing = asyncio.to_thread(self._store_locked, self.decide(requests.filter(~failing)))
+        if self.latency_s:
+            _, answered = await asyncio.gather(asyncio.sleep(self.latency_s), storing)
+        else:
+            answered = await storing
         return pl.concat([errors, answered.with_columns(pl.lit(None, pl.String).alias("message"))]).cast(ANSWER_SCHEMA)
 
     def decide(self, requests: pl.DataFrame) -> pl.DataFrame:
