@@ -77,6 +77,14 @@ CREATE TABLE IF NOT EXISTS charge_requests (
     token VARCHAR, amount_cents BIGINT NOT NULL, surcharge_cents BIGINT NOT NULL,
     surcharge_product_id VARCHAR, requested_at TIMESTAMPTZ);
 
+-- Facility-days that may have a charge request without an outcome: listed in the transaction
+-- that writes their requests, struck off once their charging has recorded every outcome. The
+-- holds of other days' customers (`charge_pending`) look only at these days' requests, not at
+-- every request ever written. (Filled from the whole history when a warehouse first gets it:
+-- `store.create_schema`.)
+CREATE TABLE IF NOT EXISTS unanswered_charge_days (
+    facility_id VARCHAR NOT NULL, business_date DATE NOT NULL, PRIMARY KEY (facility_id, business_date));
+
 -- Final outcomes only (approved / declined / error), one per idempotency key.
 CREATE TABLE IF NOT EXISTS billing_attempts (
     idempotency_key VARCHAR PRIMARY KEY, business_date DATE NOT NULL, facility_id VARCHAR NOT NULL,

@@ -47,7 +47,7 @@ class Warehouse:
             shutil.copyfile(self.path, self.writer_path)
         conn = duckdb.connect(str(self.writer_path), config=CONNECTION_CONFIG)
         try:
-            conn.execute(resources.files("billing_pipeline.warehouse").joinpath("schema.sql").read_text())
+            create_schema(conn)
             yield conn
             if publish:
                 conn.execute("CHECKPOINT")
@@ -62,6 +62,20 @@ class Warehouse:
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, self.path)
+
+
+def create_schema(conn: duckdb.DuckDBPyConnection) -> None:
+    """Creates what is missing of the schema, and fills what a warehouse written before a table
+    existed needs in it."""
+    def exists(table: str) -> bool:
+        ((n,),) = conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = $t", {"t": table}).fetchall()
+        return n > 0
+
+    listing_new = exists("charge_requests") and not exists("unanswered_charge_days")
+    conn.execute(resources.files("billing_pipeline.warehouse").joinpath("schema.sql").read_text())
+    if listing_new:  # every day with a request that has no outcome, from the whole history, once
+        conn.execute("""INSERT INTO unanswered_charge_days SELECT DISTINCT facility_id, business_date
+                        FROM charge_requests ANTI JOIN billing_attempts USING (idempotency_key)""")
 
 
 @contextlib.contextmanager
@@ -100,6 +114,17 @@ def insert(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, key
     conn.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM _rows")
     conn.unregister("_rows")
     return frame.height
+
+
+def execute(conn: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None, **frames: pl.DataFrame) -> None:
+    """Runs a statement that returns nothing (INSERT, DELETE, ...) with the given frames visible as tables."""
+    for name, frame in frames.items():
+        register(conn, name, frame)
+    try:
+        conn.execute(sql, params)
+    finally:
+        for name in frames:
+            conn.unregister(name)
 
 
 def query(conn: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None,
