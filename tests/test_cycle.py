@@ -257,11 +257,14 @@ def test_ledger_check_compares_the_ledger_with_what_happened(tmp_path):
     writer.execute("INSERT INTO dues_postings SELECT business_date, facility_id, contract_id, customer_id, "
                    "DATE '2026-02-01', kind, amount_cents, 'period|K1|2026-02-01' FROM dues_postings")
     problems = {name: frame.height for name, frame in ledger_problems(writer).items()}
+    day = pl.DataFrame({"facility_id": ["F1"], "business_date": [D(2026, 1, 1)]})
+    scoped = {name: frame.height for name, frame in ledger_problems(writer, day).items()}
     writer.close()
-    assert problems["payments_not_matching_approved_charges"] == 1
-    assert problems["customers_paid_twice_a_day"] == 1
-    assert problems["postings_missing_from_ledger"] == 1
-    assert problems["balance_mismatches"] == 0  # the balances moved with the forged entry: not enough alone
+    for found in (problems, scoped):  # the daily audit, and the check after the day's run
+        assert found["payments_not_matching_approved_charges"] == 1
+        assert found["customers_paid_twice_a_day"] == 1
+        assert found["postings_missing_from_ledger"] == 1
+        assert found["balance_mismatches"] == 0  # the balances moved with the forged entry: not enough alone
 
 
 def test_a_status_change_of_a_contract_at_an_unknown_facility_is_reported_at_the_customers_home(tmp_path):

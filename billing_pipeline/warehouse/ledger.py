@@ -170,7 +170,9 @@ def ledger_problems(conn: duckdb.DuckDBPyConnection,
             {ctes} SELECT customer_id, business_date, count(*) AS n FROM ledger WHERE kind = 'billing_payment' {paid}
             GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL LIMIT 100""",
         "postings_missing_from_ledger": f"""
-            {ctes} SELECT p.entry_id FROM batch_postings p ANTI JOIN ledger l USING (entry_id) ORDER BY 1 LIMIT 100""",
+            {ctes}, -- the ledger probes the postings: ANTI JOIN ledger hashed every entry id (1.7 s at 33M)
+            posted AS (SELECT entry_id FROM ledger SEMI JOIN batch_postings USING (entry_id))
+            SELECT p.entry_id FROM batch_postings p ANTI JOIN posted USING (entry_id) ORDER BY 1 LIMIT 100""",
         "periods_posted_on_two_days": f"""
             {ctes} SELECT contract_id, bill_date, count(DISTINCT business_date) AS days FROM dues_postings {posted}
             GROUP BY ALL HAVING count(DISTINCT business_date) > 1 ORDER BY ALL LIMIT 100""",
