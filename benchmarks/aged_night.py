@@ -25,7 +25,7 @@ from pathlib import Path
 
 import duckdb
 
-from benchmarks.common import gib, match_balances, run_child, write_json
+from benchmarks.common import gib, match_ledger_state, run_child, write_json
 
 HISTORY = ["processed_days", "contract_status_log", "due_contracts", "dues_postings", "billable_customers",
            "sweep_candidates", "charge_requests", "billing_attempts", "ledger"]
@@ -56,7 +56,7 @@ def grow(conn: duckdb.DuckDBPyConnection, template: dt.date, days: int) -> dict[
             FROM {table} t, range(2, {days + 2}) r(k) WHERE t.business_date = $template {order}""",
                      {"template": template})
         added[table] = conn.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0] - before
-    match_balances(conn)
+    match_ledger_state(conn)
     conn.execute("CHECKPOINT")
     return added
 

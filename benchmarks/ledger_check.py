@@ -23,7 +23,7 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from benchmarks.common import match_balances
+from benchmarks.common import match_ledger_state
 from billing_pipeline.facility_clock import facility_days_for_date
 from billing_pipeline.inputs.load import load_inputs
 from billing_pipeline.warehouse.ledger import ledger_problems
@@ -45,7 +45,7 @@ def grow(conn: duckdb.DuckDBPyConnection, months: int) -> None:
                    customer_id, kind, amount_cents, contract_id, bill_date - INTERVAL {k} MONTH,
                    idempotency_key || '|h{k}', product_id, posted_at
             FROM ledger WHERE entry_id NOT LIKE '%|h%'""")
-    match_balances(conn)
+    match_ledger_state(conn)
     conn.execute("CHECKPOINT")
 
 

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from billing_pipeline.warehouse import ledger
-from billing_pipeline.warehouse.store import transaction
+from billing_pipeline.warehouse.store import create_schema, transaction
 
 DAY = dt.date(2026, 3, 2)
 
@@ -20,13 +20,14 @@ def warehouse(tmp_path):
     return conn
 
 
-def entries(*rows):
-    """rows: (entry_id, customer_id, amount_cents)"""
-    return pl.DataFrame([{"entry_id": e, "business_date": DAY, "facility_id": "F1", "customer_id": c, "kind": "dues",
-                          "amount_cents": a, "contract_id": None, "bill_date": None, "idempotency_key": None,
-                          "product_id": None} for e, c, a in rows],
-                        schema_overrides={"contract_id": pl.String, "bill_date": pl.Date, "idempotency_key": pl.String,
-                                          "product_id": pl.String})
+def entries(*rows, day=DAY):
+    """rows: (entry_id, customer_id, amount_cents), dues of contract K-<entry_id> for `day`'s period;
+    or (entry_id, customer_id, amount_cents, contract_id, bill_date)."""
+    rows = [r if len(r) == 5 else (*r, f"K-{r[0]}", day) for r in rows]
+    return pl.DataFrame([{"entry_id": e, "business_date": day, "facility_id": "F1", "customer_id": c, "kind": "dues",
+                          "amount_cents": a, "contract_id": k, "bill_date": b, "idempotency_key": None,
+                          "product_id": None} for e, c, a, k, b in rows],
+                        schema_overrides={"idempotency_key": pl.String, "product_id": pl.String})
 
 
 def balances(conn):
@@ -48,7 +49,7 @@ def test_an_entry_posted_again_is_left_out_and_moves_no_balance(tmp_path):
     with transaction(conn):
         assert ledger.post_entries(conn, entries(("e1", "C1", 500))) == 0
     assert balances(conn) == {"C1": (800, 2), "C2": (150, 2)}
-    assert ledger.ledger_problems(conn)["balance_mismatches"].height == 0
+    assert not any(frame.height for frame in ledger.ledger_problems(conn).values())
 
 
 def test_the_primary_key_refuses_a_second_posting_that_bypasses_the_check(tmp_path):
@@ -59,3 +60,38 @@ def test_the_primary_key_refuses_a_second_posting_that_bypasses_the_check(tmp_pa
         conn.execute("INSERT INTO ledger (entry_id, business_date, facility_id, customer_id, kind, amount_cents) "
                      "VALUES ('e1', DATE '2026-03-02', 'F1', 'C1', 'dues', 500)")
     assert conn.execute("SELECT count(*) FROM ledger").fetchone() == (1,)
+
+
+def last_posted(conn, *contract_days):
+    frame = pl.DataFrame(list(contract_days), schema=["contract_id", "business_date"], orient="row")
+    return dict(ledger.last_posted_periods(conn, frame).iter_rows())
+
+
+def test_the_last_posted_period_comes_from_the_state_or_for_a_rerun_from_the_ledger(tmp_path):
+    """K1: the March period posted on March 2, April's on April 1. The next day reads
+    contract_periods; a rerun of April 1 (its posting is from that date) reads the ledger's
+    periods before it; so does a day run late. A warehouse written before contract_periods
+    existed gets it from its ledger when opened; the audit finds a state edited by hand."""
+    conn = warehouse(tmp_path)
+    april = dt.date(2026, 4, 1)
+    with transaction(conn):
+        ledger.post_entries(conn, entries(("p1", "C1", 500, "K1", DAY)))
+    with transaction(conn):
+        ledger.post_entries(conn, entries(("p2", "C1", 500, "K1", april), day=april))
+    assert conn.execute("SELECT * FROM contract_periods").fetchall() == [("K1", april, april)]
+    assert last_posted(conn, ("K1", dt.date(2026, 4, 2))) == {"K1": april}
+    assert last_posted(conn, ("K1", april)) == {"K1": DAY}  # a rerun of April 1
+    assert last_posted(conn, ("K1", dt.date(2026, 3, 15))) == {"K1": DAY}  # a day run late
+    assert last_posted(conn, ("K1", DAY)) == {}
+    assert last_posted(conn, ("K2", april)) == {}
+
+    conn.execute("DROP TABLE contract_periods")
+    create_schema(conn)
+    assert conn.execute("SELECT * FROM contract_periods").fetchall() == [("K1", april, april)]
+    assert not any(frame.height for frame in ledger.ledger_problems(conn).values())
+
+    conn.execute("UPDATE contract_periods SET last_bill_date = DATE '2026-03-02'")
+    assert ledger.ledger_problems(conn)["contract_periods_mismatches"].height == 1
+    # the check after the April 1 run (its periods only) finds it too
+    day = pl.DataFrame({"facility_id": ["F1"], "business_date": [april]})
+    assert ledger.ledger_problems(conn, day)["contract_periods_mismatches"].height == 1

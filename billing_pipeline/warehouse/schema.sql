@@ -46,6 +46,13 @@ ALTER TABLE ledger ADD COLUMN IF NOT EXISTS product_id VARCHAR;  -- files writte
 CREATE TABLE IF NOT EXISTS customer_balances (
     customer_id VARCHAR PRIMARY KEY, balance_cents BIGINT NOT NULL, entries BIGINT NOT NULL);
 
+-- Per contract: the latest dues / freeze fee period in the ledger and the latest business date
+-- that posted one, moved in the same transaction as the ledger: a night reads it instead of
+-- every period ever posted (`ledger.last_posted_periods`). Filled from the ledger when an older
+-- warehouse first gets it (`store.create_schema`); the daily audit checks it against the ledger.
+CREATE TABLE IF NOT EXISTS contract_periods (
+    contract_id VARCHAR PRIMARY KEY, last_bill_date DATE NOT NULL, last_business_date DATE NOT NULL);
+
 -- The daily full audit of the ledger (every customer, every key): when it ran and what it found.
 CREATE TABLE IF NOT EXISTS ledger_audits (
     audited_at TIMESTAMPTZ NOT NULL, ledger_entries BIGINT NOT NULL, customers BIGINT NOT NULL,

@@ -64,18 +64,30 @@ class Warehouse:
         os.replace(tmp, self.path)
 
 
+# State kept beside the history, and how to build it from the history for a warehouse written
+# before the table existed (run once, when the table is created on a warehouse that has the
+# history table).
+BACKFILLS = {
+    "unanswered_charge_days": ("charge_requests", """
+        INSERT INTO unanswered_charge_days SELECT DISTINCT facility_id, business_date
+        FROM charge_requests ANTI JOIN billing_attempts USING (idempotency_key)"""),
+    "contract_periods": ("ledger", """
+        INSERT INTO contract_periods SELECT contract_id, max(bill_date), max(business_date)
+        FROM ledger WHERE kind IN ('dues', 'freeze_fee') GROUP BY contract_id ORDER BY contract_id"""),
+}
+
+
 def create_schema(conn: duckdb.DuckDBPyConnection) -> None:
-    """Creates what is missing of the schema, and fills what a warehouse written before a table
-    existed needs in it."""
+    """Creates what is missing of the schema, and fills the state tables a warehouse written
+    before they existed needs."""
     def exists(table: str) -> bool:
         ((n,),) = conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = $t", {"t": table}).fetchall()
         return n > 0
 
-    listing_new = exists("charge_requests") and not exists("unanswered_charge_days")
+    missing = [sql for table, (history, sql) in BACKFILLS.items() if exists(history) and not exists(table)]
     conn.execute(resources.files("billing_pipeline.warehouse").joinpath("schema.sql").read_text())
-    if listing_new:  # every day with a request that has no outcome, from the whole history, once
-        conn.execute("""INSERT INTO unanswered_charge_days SELECT DISTINCT facility_id, business_date
-                        FROM charge_requests ANTI JOIN billing_attempts USING (idempotency_key)""")
+    for sql in missing:
+        conn.execute(sql)
 
 
 @contextlib.contextmanager
