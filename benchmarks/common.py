@@ -124,11 +124,11 @@ class RssSampler:
 def match_ledger_state(conn: Any) -> None:
     """Sets customer_balances and contract_periods to what the ledger says, after a benchmark
     copied history into the ledger."""
-    from billing_pipeline.warehouse.store import BACKFILLS
+    from billing_pipeline.warehouse.store import CATCH_UPS
 
     conn.execute("""
         UPDATE customer_balances b SET balance_cents = s.cents, entries = s.n
         FROM (SELECT customer_id, sum(amount_cents)::BIGINT AS cents, count(*) AS n FROM ledger GROUP BY ALL) s
         WHERE s.customer_id = b.customer_id""")
     conn.execute("DELETE FROM contract_periods")
-    conn.execute(BACKFILLS["contract_periods"][1])
+    conn.execute(CATCH_UPS["contract_periods"][1], {"since": None})

@@ -27,6 +27,7 @@ from benchmarks.common import match_ledger_state
 from billing_pipeline.facility_clock import facility_days_for_date
 from billing_pipeline.inputs.load import load_inputs
 from billing_pipeline.warehouse.ledger import ledger_problems
+from billing_pipeline.warehouse.store import create_schema
 
 
 def timings(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame, window: pl.DataFrame) -> dict[str, float]:
@@ -64,6 +65,7 @@ def main() -> None:
     shutil.copyfile(args.db, copy)
     try:
         with duckdb.connect(str(copy)) as conn:
+            create_schema(conn)  # a warehouse from an older version gets the state tables the checks read
             print(f"window {largest}: {window.height} facility-days; date: {days.height}")
             print("as the first night left it:", timings(conn, days, window), flush=True)
             grow(conn, args.months)

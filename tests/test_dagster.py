@@ -502,29 +502,3 @@ def test_a_charge_written_but_not_answered_holds_the_customer_until_its_day_is_r
     assert holds(db) == [(D(2026, 3, 2), "C1", None, 5000), (D(2026, 3, 3), "C1", "charge_pending", 10000)]
     assert execute(defs, ny[0], instance).success
     assert billed_and_charged(db)[1] == [(D(2026, 3, 2), 5000, "approved")]
-
-
-def unanswered_days(path):
-    with duckdb.connect(str(path), read_only=True) as conn:
-        return conn.execute("SELECT facility_id, business_date FROM unanswered_charge_days ORDER BY ALL").fetchall()
-
-
-def test_a_warehouse_from_before_unanswered_days_were_listed_still_holds_the_customer(tmp_path, monkeypatch):
-    """The holds read only the requests of days listed in unanswered_charge_days. A warehouse
-    written before that table existed gets it filled from its history when it is opened: New
-    York's D, killed while charging, is listed again, and D+1 still holds C1 (charge_pending);
-    a day struck off once its charging recorded every outcome."""
-    defs, instance, ny, db = new_york_member_billed_on_two_days(tmp_path)
-    writer = db.with_name("billing.writer.duckdb")
-    restore = failing(monkeypatch, "run_charges")
-    assert not execute(defs, ny[0], instance).success
-    restore()
-    assert unanswered_days(writer) == [("NY", D(2026, 3, 2))]
-    with duckdb.connect(str(writer)) as conn:
-        conn.execute("DROP TABLE unanswered_charge_days")
-    assert execute(defs, ny[1], instance).success
-    assert holds(db) == [(D(2026, 3, 2), "C1", None, 5000), (D(2026, 3, 3), "C1", "charge_pending", 10000)]
-    assert unanswered_days(db) == [("NY", D(2026, 3, 2))]
-    assert execute(defs, ny[0], instance).success
-    assert unanswered_days(db) == []
-    assert billed_and_charged(db)[1] == [(D(2026, 3, 2), 5000, "approved")]

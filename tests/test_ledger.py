@@ -84,6 +84,9 @@ def test_the_last_posted_period_comes_from_the_state_or_for_a_rerun_from_the_led
     assert last_posted(conn, ("K1", dt.date(2026, 3, 15))) == {"K1": DAY}  # a day run late
     assert last_posted(conn, ("K1", DAY)) == {}
     assert last_posted(conn, ("K2", april)) == {}
+    # a contract asked for twice (two dates) gets one row, the latest of both, as from the ledger
+    twice = pl.DataFrame({"contract_id": ["K1", "K1"], "business_date": [april, dt.date(2026, 4, 2)]})
+    assert ledger.last_posted_periods(conn, twice).rows() == [("K1", april)]
 
     conn.execute("DROP TABLE contract_periods")
     create_schema(conn)

@@ -116,13 +116,13 @@ def last_posted_periods(conn: duckdb.DuckDBPyConnection, contract_days: pl.DataF
     return query(conn, f"""
         WITH known AS (SELECT c.contract_id, c.business_date, s.last_bill_date, s.last_business_date
                        FROM _days c JOIN contract_periods s USING (contract_id)),
-        rerun AS (SELECT contract_id, business_date FROM known WHERE last_business_date >= business_date)
-        SELECT contract_id, last_bill_date FROM known WHERE last_business_date < business_date
-        UNION ALL
-        SELECT l.contract_id, max(l.bill_date) AS last_bill_date
-        FROM ledger l JOIN rerun c USING (contract_id)
-        WHERE l.kind IN {PERIOD_KINDS} AND l.business_date < c.business_date
-        GROUP BY l.contract_id""", _days=contract_days.select("contract_id", "business_date"))
+        rerun AS (SELECT contract_id, business_date FROM known WHERE last_business_date >= business_date),
+        found AS (SELECT contract_id, last_bill_date FROM known WHERE last_business_date < business_date
+                  UNION ALL
+                  SELECT l.contract_id, l.bill_date FROM ledger l JOIN rerun c USING (contract_id)
+                  WHERE l.kind IN {PERIOD_KINDS} AND l.business_date < c.business_date)
+        SELECT contract_id, max(last_bill_date) AS last_bill_date FROM found GROUP BY contract_id""",
+                 _days=contract_days.select("contract_id", "business_date"))
 
 
 def ledger_problems(conn: duckdb.DuckDBPyConnection,

@@ -48,10 +48,13 @@ CREATE TABLE IF NOT EXISTS customer_balances (
 
 -- Per contract: the latest dues / freeze fee period in the ledger and the latest business date
 -- that posted one, moved in the same transaction as the ledger: a night reads it instead of
--- every period ever posted (`ledger.last_posted_periods`). Filled from the ledger when an older
--- warehouse first gets it (`store.create_schema`); the daily audit checks it against the ledger.
+-- every period ever posted (`ledger.last_posted_periods`). Caught up with entries posted by
+-- anything else at every open (`store.CATCH_UPS`); the daily audit checks it against the ledger.
 CREATE TABLE IF NOT EXISTS contract_periods (
     contract_id VARCHAR PRIMARY KEY, last_bill_date DATE NOT NULL, last_business_date DATE NOT NULL);
+
+-- How far each state table above has taken in the history (write time of the latest row).
+CREATE TABLE IF NOT EXISTS state_caught_up (state_table VARCHAR PRIMARY KEY, caught_up_to TIMESTAMPTZ NOT NULL);
 
 -- The daily full audit of the ledger (every customer, every key): when it ran and what it found.
 CREATE TABLE IF NOT EXISTS ledger_audits (
@@ -87,8 +90,8 @@ CREATE TABLE IF NOT EXISTS charge_requests (
 -- Facility-days that may have a charge request without an outcome: listed in the transaction
 -- that writes their requests, struck off once their charging has recorded every outcome. The
 -- holds of other days' customers (`charge_pending`) look only at these days' requests, not at
--- every request ever written. (Filled from the whole history when a warehouse first gets it:
--- `store.create_schema`.)
+-- every request ever written. (Caught up with requests written by anything else at every
+-- open: `store.CATCH_UPS`.)
 CREATE TABLE IF NOT EXISTS unanswered_charge_days (
     facility_id VARCHAR NOT NULL, business_date DATE NOT NULL, PRIMARY KEY (facility_id, business_date));
 

@@ -64,30 +64,47 @@ class Warehouse:
         os.replace(tmp, self.path)
 
 
-# State kept beside the history, and how to build it from the history for a warehouse written
-# before the table existed (run once, when the table is created on a warehouse that has the
-# history table).
-BACKFILLS = {
-    "unanswered_charge_days": ("charge_requests", """
-        INSERT INTO unanswered_charge_days SELECT DISTINCT facility_id, business_date
-        FROM charge_requests ANTI JOIN billing_attempts USING (idempotency_key)"""),
-    "contract_periods": ("ledger", """
-        INSERT INTO contract_periods SELECT contract_id, max(bill_date), max(business_date)
-        FROM ledger WHERE kind IN ('dues', 'freeze_fee') GROUP BY contract_id ORDER BY contract_id"""),
+# State a night reads instead of the whole history, kept by the code that writes the history,
+# and how it takes in history rows written since it last caught up (by their write time). Every
+# open catches up, in one transaction with the schema: a warehouse written before a state table
+# existed gets it filled from its whole history (and an interrupted fill is redone whole), and
+# rows written by anything that did not keep the state (an older version of the pipeline run
+# against the warehouse) are taken in at the next open. Catching up twice is harmless.
+CATCH_UPS = {
+    "contract_periods": ("SELECT max(posted_at) FROM ledger", """
+        INSERT INTO contract_periods
+        SELECT contract_id, max(bill_date), max(business_date) FROM ledger
+        WHERE kind IN ('dues', 'freeze_fee') AND ($since IS NULL OR posted_at >= $since)
+        GROUP BY contract_id ORDER BY contract_id
+        ON CONFLICT (contract_id) DO UPDATE
+        SET last_bill_date = greatest(last_bill_date, excluded.last_bill_date),
+            last_business_date = greatest(last_business_date, excluded.last_business_date)"""),
+    # The attempts are read for the new requests' days only (an attempt has its request's day).
+    "unanswered_charge_days": ("SELECT max(requested_at) FROM charge_requests", """
+        INSERT INTO unanswered_charge_days
+        WITH fresh AS (SELECT facility_id, business_date, idempotency_key FROM charge_requests
+                       WHERE $since IS NULL OR requested_at >= $since),
+             answered AS (SELECT idempotency_key FROM billing_attempts
+                          SEMI JOIN (SELECT DISTINCT facility_id, business_date FROM fresh) USING (facility_id, business_date))
+        SELECT DISTINCT facility_id, business_date FROM fresh ANTI JOIN answered USING (idempotency_key)
+        ON CONFLICT DO NOTHING"""),
 }
 
 
 def create_schema(conn: duckdb.DuckDBPyConnection) -> None:
-    """Creates what is missing of the schema, and fills the state tables a warehouse written
-    before they existed needs."""
-    def exists(table: str) -> bool:
-        ((n,),) = conn.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = $t", {"t": table}).fetchall()
-        return n > 0
-
-    missing = [sql for table, (history, sql) in BACKFILLS.items() if exists(history) and not exists(table)]
-    conn.execute(resources.files("billing_pipeline.warehouse").joinpath("schema.sql").read_text())
-    for sql in missing:
-        conn.execute(sql)
+    """Creates what is missing of the schema and brings the state tables up to date with the
+    history (`CATCH_UPS`), in one transaction."""
+    with transaction(conn):
+        existing = {name for (name,) in conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        conn.execute(resources.files("billing_pipeline.warehouse").joinpath("schema.sql").read_text())
+        marks = dict(conn.execute("SELECT state_table, caught_up_to FROM state_caught_up").fetchall())
+        for table, (latest_sql, sql) in CATCH_UPS.items():
+            ((latest,),) = conn.execute(latest_sql).fetchall()
+            since = marks.get(table) if table in existing else None  # a new table takes in everything
+            if latest is None or (since is not None and latest < since):
+                continue  # nothing written since
+            conn.execute(sql, {"since": since})
+            conn.execute("INSERT OR REPLACE INTO state_caught_up VALUES ($t, $latest)", {"t": table, "latest": latest})
 
 
 @contextlib.contextmanager
