@@ -22,7 +22,7 @@ from billing_pipeline.rules import billable as billable_rules
 from billing_pipeline.rules import contract_status, dues, prebilling
 from billing_pipeline.rules.balance import balance_due_now
 from billing_pipeline.warehouse import ledger
-from billing_pipeline.warehouse.store import execute, insert, query, register, replace_facility_days, transaction
+from billing_pipeline.warehouse.store import execute, insert, query, replace_facility_days, transaction
 
 
 @dataclass(frozen=True)
@@ -114,23 +114,21 @@ def maintenance(conn: duckdb.DuckDBPyConnection, night: Night) -> dict[str, pl.D
 
 def mark_processed(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame) -> None:
     """Records the facility-days as processed now; a rerun keeps their first dues and billing times."""
-    register(conn, "_days", days.select("facility_id", "business_date", "partition_key", "run_at"))
-    conn.execute("""
+    days = days.select("facility_id", "business_date", "partition_key", "run_at")
+    execute(conn, """
         INSERT INTO processed_days (facility_id, business_date, partition_key, run_at)
-        SELECT * FROM _days d ANTI JOIN processed_days p USING (facility_id, business_date)""")
-    conn.execute("""
+        SELECT * FROM _days d ANTI JOIN processed_days p USING (facility_id, business_date)""", _days=days)
+    execute(conn, """
         UPDATE processed_days p SET partition_key = d.partition_key, run_at = d.run_at, processed_at = now()
-        FROM _days d WHERE p.facility_id = d.facility_id AND p.business_date = d.business_date""")
-    conn.unregister("_days")
+        FROM _days d WHERE p.facility_id = d.facility_id AND p.business_date = d.business_date""", _days=days)
 
 
 def stamp_first(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame, column: str) -> None:
     """Sets `column` of processed_days to now where it is not set yet (call inside the step's transaction)."""
-    register(conn, "_days", days.select("facility_id", "business_date"))
-    conn.execute(f"""
+    execute(conn, f"""
         UPDATE processed_days p SET {column} = now() FROM _days d
-        WHERE p.facility_id = d.facility_id AND p.business_date = d.business_date AND p.{column} IS NULL""")
-    conn.unregister("_days")
+        WHERE p.facility_id = d.facility_id AND p.business_date = d.business_date AND p.{column} IS NULL""",
+            _days=days.select("facility_id", "business_date"))
 
 
 def status_changes_since_last_day(conn: duckdb.DuckDBPyConnection, statuses: pl.DataFrame,

@@ -126,10 +126,9 @@ def register(conn: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) ->
 def replace_facility_days(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame,
                           facility_days: pl.DataFrame) -> int:
     """Delete the facility-days' rows of `table` and insert `frame` (call inside a transaction)."""
-    register(conn, "_days", facility_days.select("facility_id", "business_date"))
-    conn.execute(f"DELETE FROM {table} t USING _days d "
-                 "WHERE t.facility_id = d.facility_id AND t.business_date = d.business_date")
-    conn.unregister("_days")
+    execute(conn, f"DELETE FROM {table} t USING _days d "
+                  "WHERE t.facility_id = d.facility_id AND t.business_date = d.business_date",
+            _days=facility_days.select("facility_id", "business_date"))
     return insert(conn, table, frame)
 
 
