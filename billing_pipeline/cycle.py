@@ -173,7 +173,12 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
 def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: CycleSettings) -> dict[str, pl.DataFrame]:
     refuse_superseded_billing(conn, night.facility_days)
     customer_days = night.customer_days
-    keys = customer_days.select("customer_id", "business_date")
+    # Only a retry or a rolling sweep looks at past attempts: the customers of facilities with
+    # neither are left out of that query (it reads every attempt and billed day of the rest).
+    looks_back = night.day_settings.filter(pl.col("retry_declined_after_days").is_not_null()
+                                           | (pl.col("sweep_mode") == "rolling"))
+    keys = customer_days.join(looks_back.select("facility_id", "business_date"), on=["facility_id", "business_date"],
+                              how="semi").select("customer_id", "business_date")
     # Tonight's dues of a customer: those posted by every facility-day (at any facility, in any
     # time zone) that ran by the home facility's run tonight with a business date up to the
     # home's, and were not counted by the home's previous run: each facility-day is counted by
