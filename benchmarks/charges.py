@@ -4,7 +4,7 @@ Each configuration sends N synthetic requests (3% of tokens decline, none error,
 backoff skews the rate) through `run_charges` with a fresh gateway state file and a fresh
 warehouse (the package's schema). `record` does what `cycle.charge` does with each batch: one
 transaction that inserts the outcomes into `billing_attempts` and posts the approved ones to the
-ledger (`ledger.post_entries`). Throughput = N / wall time of `run_charges`; the ceiling is
+ledger (`ledger.post_new_entries`). Throughput = N / wall time of `run_charges`; the ceiling is
 max_in_flight / latency. Two controls locate the cost when the target is missed: the same run
 with a no-op `record`, and latency 0 (the CPU cost of a charge with nothing to wait for).
 """
@@ -66,7 +66,7 @@ def measure(n: int, max_in_flight: int, batch_size: int, latency_s: float, recor
         attempts = outcomes.drop("token", "charge_cents").rename({"reference": "gateway_reference"})
         with transaction(conn):
             insert(conn, "billing_attempts", attempts.drop("surcharge_product_id"))
-            ledger.post_entries(conn, ledger.billing_entries(attempts.filter(pl.col("outcome") == "approved")))
+            ledger.post_new_entries(conn, ledger.billing_entries(attempts.filter(pl.col("outcome") == "approved")))
         record_times.append(time.perf_counter() - started)
 
     def no_record(outcomes: pl.DataFrame) -> None:

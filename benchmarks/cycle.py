@@ -92,7 +92,7 @@ def instrument(timers: Timers) -> list[str]:
                        ("status_changes_since_last_day", "status_changes_since_last_day"),
                        ("balances", "balances")]:
         patch(cycle, attr, name)
-    for attr in ("ledger_problems", "post_entries", "ledger_sums", "last_posted_periods", "query"):
+    for attr in ("ledger_problems", "post_entries", "post_new_entries", "ledger_sums", "last_posted_periods", "query"):
         patch(ledger, attr, attr if attr != "ledger_problems" else "ledger_check")
     patch(store.Warehouse, "publish", "publish")
     from billing_pipeline.inputs import load

@@ -219,7 +219,7 @@ def fmt_ratio(x: float) -> str:
 
 
 # The timers of DuckDB work (reads, writes, ledger postings) inside the steps.
-DUCKDB_TIMERS = {"query", "write", "insert", "post_entries", "ledger_sums", "last_posted_periods", "previous_runs"}
+DUCKDB_TIMERS = {"query", "write", "insert", "post_entries", "post_new_entries", "ledger_sums", "last_posted_periods", "previous_runs"}
 
 
 def vectorized_times(cycle: dict[str, Any]) -> tuple[float, float, float]:

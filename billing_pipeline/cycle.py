@@ -372,7 +372,8 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
         attempts = outcomes.drop("token", "charge_cents").rename({"reference": "gateway_reference"})
         with transaction(conn):
             insert(conn, "billing_attempts", attempts.drop("surcharge_product_id"), key="idempotency_key")
-            ledger.post_entries(conn, ledger.billing_entries(attempts.filter(pl.col("outcome") == "approved")))
+            # New by construction: billing_attempts above refuses a second outcome of a charge.
+            ledger.post_new_entries(conn, ledger.billing_entries(attempts.filter(pl.col("outcome") == "approved")))
 
     sent = run_charges(requests, gateway, settings.charging, record)
     # Every request of the batch's days has its outcome now (errors included).

@@ -98,3 +98,16 @@ def test_the_last_posted_period_comes_from_the_state_or_for_a_rerun_from_the_led
     # the check after the April 1 run (its periods only) finds it too
     day = pl.DataFrame({"facility_id": ["F1"], "business_date": [april]})
     assert ledger.ledger_problems(conn, day)["contract_periods_mismatches"].height == 1
+
+
+def test_new_entries_go_in_plainly_and_a_second_posting_fails_the_transaction(tmp_path):
+    """Payments are posted with their charge's outcome, which billing_attempts takes once: a
+    plain INSERT. Should an id come again anyway, the transaction fails and nothing of it stays."""
+    conn = warehouse(tmp_path)
+    with transaction(conn):
+        assert ledger.post_new_entries(conn, entries(("e1", "C1", 500), ("e2", "C2", -300))) == 2
+    assert balances(conn) == {"C1": (500, 1), "C2": (-300, 1)}
+    with pytest.raises(duckdb.ConstraintException), transaction(conn):
+        ledger.post_new_entries(conn, entries(("e3", "C1", 100), ("e1", "C1", 500)))
+    assert balances(conn) == {"C1": (500, 1), "C2": (-300, 1)}
+    assert conn.execute("SELECT entry_id FROM ledger ORDER BY 1").fetchall() == [("e1",), ("e2",)]

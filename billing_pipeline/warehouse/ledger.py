@@ -16,9 +16,9 @@ import duckdb
 import polars as pl
 
 from billing_pipeline.rules.text import fmt
-from billing_pipeline.warehouse.store import query, register
+from billing_pipeline.warehouse.store import execute, query, register
 
-PERIOD_KINDS = "('dues', 'freeze_fee')"  # the entries that post a contract's period
+PERIOD_KINDS = ("dues", "freeze_fee")  # the entries that post a contract's period (its repr is SQL too)
 LEDGER_COLUMNS = ["entry_id", "business_date", "facility_id", "customer_id", "kind", "amount_cents",
                   "contract_id", "bill_date", "idempotency_key", "product_id"]
 
@@ -73,23 +73,47 @@ def post_entries(conn: duckdb.DuckDBPyConnection, entries: pl.DataFrame) -> int:
             ON CONFLICT DO NOTHING RETURNING customer_id, amount_cents, kind, contract_id, bill_date,
                                              business_date""").to_arrow_table()
     conn.unregister("_entries")
-    if inserted.num_rows == 0:
+    move_state(conn, pl.from_arrow(inserted))
+    return inserted.num_rows
+
+
+def post_new_entries(conn: duckdb.DuckDBPyConnection, entries: pl.DataFrame) -> int:
+    """Appends entries that cannot be in the ledger yet, and moves balances by them (inside a
+    transaction): the payments and surcharges of charges whose outcomes go into
+    `billing_attempts` in the same transaction, whose primary key refuses a second outcome of a
+    charge. A plain INSERT: about half the time of `post_entries`' ON CONFLICT ... RETURNING
+    (1.4M entries: 1.1 s against 2.0 s). The ledger's primary key still refuses an id posted
+    twice: the transaction fails, nothing is skipped."""
+    if entries.height == 0:
         return 0
-    conn.register("_inserted", inserted)
-    conn.execute("""
+    entries = entries.select(LEDGER_COLUMNS).sort("entry_id")
+    columns = ", ".join(LEDGER_COLUMNS)
+    execute(conn, f"INSERT INTO ledger ({columns}, posted_at) SELECT {columns}, now() FROM _entries",
+            _entries=entries)
+    move_state(conn, entries)
+    return entries.height
+
+
+def move_state(conn: duckdb.DuckDBPyConnection, inserted: pl.DataFrame) -> None:
+    """Moves customer_balances and contract_periods by entries just inserted into the ledger."""
+    if inserted.height == 0:
+        return
+    execute(conn, """
         INSERT INTO customer_balances
         SELECT customer_id, sum(amount_cents)::BIGINT, count(*) FROM _inserted GROUP BY customer_id ORDER BY customer_id
         ON CONFLICT (customer_id) DO UPDATE
-        SET balance_cents = balance_cents + excluded.balance_cents, entries = entries + excluded.entries""")
-    conn.execute(f"""
-        INSERT INTO contract_periods
-        SELECT contract_id, max(bill_date), max(business_date) FROM _inserted WHERE kind IN {PERIOD_KINDS}
-        GROUP BY contract_id ORDER BY contract_id
-        ON CONFLICT (contract_id) DO UPDATE
-        SET last_bill_date = greatest(last_bill_date, excluded.last_bill_date),
-            last_business_date = greatest(last_business_date, excluded.last_business_date)""")
-    conn.unregister("_inserted")
-    return inserted.num_rows
+        SET balance_cents = balance_cents + excluded.balance_cents, entries = entries + excluded.entries""",
+            _inserted=inserted.select("customer_id", "amount_cents"))
+    periods = inserted.filter(pl.col("kind").is_in(PERIOD_KINDS))
+    if periods.height:
+        execute(conn, """
+            INSERT INTO contract_periods
+            SELECT contract_id, max(bill_date), max(business_date) FROM _periods
+            GROUP BY contract_id ORDER BY contract_id
+            ON CONFLICT (contract_id) DO UPDATE
+            SET last_bill_date = greatest(last_bill_date, excluded.last_bill_date),
+                last_business_date = greatest(last_business_date, excluded.last_business_date)""",
+                _periods=periods.select("contract_id", "bill_date", "business_date"))
 
 
 def ledger_sums(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame) -> pl.DataFrame:

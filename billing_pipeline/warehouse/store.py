@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -151,8 +151,7 @@ def execute(conn: duckdb.DuckDBPyConnection, sql: str, params: dict | None = Non
     try:
         conn.execute(sql, params)
     finally:
-        for name in frames:
-            conn.unregister(name)
+        unregister(conn, frames)
 
 
 def query(conn: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None,
@@ -163,5 +162,12 @@ def query(conn: duckdb.DuckDBPyConnection, sql: str, params: dict | None = None,
     try:
         return conn.sql(sql, params=params).pl()
     finally:
-        for name in frames:
+        unregister(conn, frames)
+
+
+def unregister(conn: duckdb.DuckDBPyConnection, names: Iterable[str]) -> None:
+    """Drops registered frames. After a failed statement inside a transaction DuckDB refuses
+    even this until the rollback: the statement's own error is the one to raise, not that."""
+    for name in names:
+        with contextlib.suppress(duckdb.TransactionException):
             conn.unregister(name)
