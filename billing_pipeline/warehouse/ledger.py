@@ -18,7 +18,8 @@ import polars as pl
 from billing_pipeline.rules.text import fmt
 from billing_pipeline.warehouse.store import execute, query, register
 
-PERIOD_KINDS = ("dues", "freeze_fee")  # the entries that post a contract's period (its repr is SQL too)
+PERIOD_KINDS = ("dues", "freeze_fee")  # the entries that post a contract's period
+PERIOD_KINDS_SQL = "(" + ", ".join(f"'{kind}'" for kind in PERIOD_KINDS) + ")"
 LEDGER_COLUMNS = ["entry_id", "business_date", "facility_id", "customer_id", "kind", "amount_cents",
                   "contract_id", "bill_date", "idempotency_key", "product_id"]
 
@@ -123,11 +124,11 @@ def ledger_sums(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame) ->
     hours east runs its D+1 before the home's D; `run --date D` has not run it yet). The
     customer's own billing entries of tonight are left out, so a rerun bills what the first
     run billed."""
-    return query(conn, """
+    return query(conn, f"""
         SELECT l.customer_id,
                coalesce(sum(l.amount_cents) FILTER (WHERE p.run_at < c.run_at), 0)::BIGINT AS ledger_before_cents,
                coalesce(sum(l.amount_cents) FILTER (WHERE p.run_at = c.run_at
-                   AND l.kind IN ('dues', 'freeze_fee')), 0)::BIGINT AS ledger_dues_today_cents
+                   AND l.kind IN {PERIOD_KINDS_SQL}), 0)::BIGINT AS ledger_dues_today_cents
         FROM ledger l JOIN _days c ON l.customer_id = c.customer_id AND l.business_date <= c.business_date
         JOIN processed_days p ON p.facility_id = l.facility_id AND p.business_date = l.business_date
         GROUP BY l.customer_id""", _days=customer_days.select("customer_id", "business_date", "run_at"))
@@ -144,7 +145,7 @@ def last_posted_periods(conn: duckdb.DuckDBPyConnection, contract_days: pl.DataF
         found AS (SELECT contract_id, last_bill_date FROM known WHERE last_business_date < business_date
                   UNION ALL
                   SELECT l.contract_id, l.bill_date FROM ledger l JOIN rerun c USING (contract_id)
-                  WHERE l.kind IN {PERIOD_KINDS} AND l.business_date < c.business_date)
+                  WHERE l.kind IN {PERIOD_KINDS_SQL} AND l.business_date < c.business_date)
         SELECT contract_id, max(last_bill_date) AS last_bill_date FROM found GROUP BY contract_id""",
                  _days=contract_days.select("contract_id", "business_date"))
 
@@ -191,7 +192,7 @@ def ledger_problems(conn: duckdb.DuckDBPyConnection,
             ORDER BY 1 LIMIT 100""",
         "duplicate_periods": f"""
             {ctes} SELECT contract_id, bill_date, count(*) AS n FROM ledger {same.format("contract_id, bill_date")}
-            WHERE kind IN ('dues', 'freeze_fee') GROUP BY ALL HAVING count(*) > 1 ORDER BY 1, 2 LIMIT 100""",
+            WHERE kind IN {PERIOD_KINDS_SQL} GROUP BY ALL HAVING count(*) > 1 ORDER BY 1, 2 LIMIT 100""",
         "duplicate_payments": f"""
             {ctes} SELECT idempotency_key, kind, count(*) AS n FROM ledger {same.format("idempotency_key")}
             WHERE kind IN ('billing_payment', 'surcharge') GROUP BY ALL HAVING count(*) > 1 ORDER BY 1 LIMIT 100""",
@@ -218,7 +219,7 @@ def ledger_problems(conn: duckdb.DuckDBPyConnection,
         "contract_periods_mismatches": f"""
             {ctes}, periods AS (SELECT contract_id, max(bill_date) AS ledger_bill_date,
                                        max(business_date) AS ledger_business_date
-                                FROM {"batch" if scoped else "ledger"} WHERE kind IN {PERIOD_KINDS} GROUP BY contract_id)
+                                FROM {"batch" if scoped else "ledger"} WHERE kind IN {PERIOD_KINDS_SQL} GROUP BY contract_id)
             SELECT coalesce(p.contract_id, s.contract_id) AS contract_id, p.ledger_bill_date, s.last_bill_date,
                    p.ledger_business_date, s.last_business_date
             FROM periods p {"LEFT" if scoped else "FULL"} JOIN contract_periods s USING (contract_id)
