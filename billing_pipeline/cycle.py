@@ -155,15 +155,23 @@ def status_changes_since_last_day(conn: duckdb.DuckDBPyConnection, statuses: pl.
 def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, pl.DataFrame], int]:
     """Writes the dues tables of the facility-days; returns them and how many ledger entries were new."""
     processed = night.contracts
-    last_posted = ledger.last_posted_periods(conn, processed)
+    posted = ledger.last_posted_periods(conn, processed)
+    last_posted = posted.filter(pl.col("last_bill_date").is_not_null()).select("contract_id", "last_bill_date")
     out = {name: frame.collect() for name, frame in dues.post_dues(
         processed.lazy(), last_posted.lazy(), night.timeline.lazy(), night.duplicates.lazy()).items()}
     out["dues_postings"] = out["dues_postings"].with_columns(
         ledger.period_entry_id(pl.col("contract_id"), pl.col("bill_date")).alias("entry_id"))
+    # The periods of a contract with nothing posted on this date or later come after every
+    # period it has in the ledger: new by construction, a plain INSERT (the primary key refuses
+    # one that is not: a wrong contract_periods fails the night instead of skipping a period).
+    # The others (a rerun, a late day) may be posted already: those that are, are left out.
+    entries = ledger.dues_entries(out["dues_postings"])
+    maybe_posted = pl.col("contract_id").is_in(posted.filter(pl.col("posted_since")).get_column("contract_id").implode())
     with transaction(conn):
         for table in ("due_contracts", "dues_postings", "dues_posting_errors"):
             replace_facility_days(conn, table, out[table], night.facility_days)
-        new_entries = ledger.post_entries(conn, ledger.dues_entries(out["dues_postings"]))
+        new_entries = (ledger.post_new_entries(conn, entries.filter(~maybe_posted))
+                       + ledger.post_entries(conn, entries.filter(maybe_posted)))
         stamp_first(conn, night.facility_days, "dues_first_posted_at")
     return out, new_entries
 

@@ -63,8 +63,15 @@ def test_the_primary_key_refuses_a_second_posting_that_bypasses_the_check(tmp_pa
 
 
 def last_posted(conn, *contract_days):
+    """{contract: latest bill date before the date} of the contracts with one."""
     frame = pl.DataFrame(list(contract_days), schema=["contract_id", "business_date"], orient="row")
-    return dict(ledger.last_posted_periods(conn, frame).iter_rows())
+    found = ledger.last_posted_periods(conn, frame).filter(pl.col("last_bill_date").is_not_null())
+    return dict(found.select("contract_id", "last_bill_date").iter_rows())
+
+
+def posted_since(conn, contract_id, business_date):
+    frame = pl.DataFrame({"contract_id": [contract_id], "business_date": [business_date]})
+    return dict(ledger.last_posted_periods(conn, frame).select("contract_id", "posted_since").iter_rows())
 
 
 def test_the_last_posted_period_comes_from_the_state_or_for_a_rerun_from_the_ledger(tmp_path):
@@ -84,9 +91,13 @@ def test_the_last_posted_period_comes_from_the_state_or_for_a_rerun_from_the_led
     assert last_posted(conn, ("K1", dt.date(2026, 3, 15))) == {"K1": DAY}  # a day run late
     assert last_posted(conn, ("K1", DAY)) == {}
     assert last_posted(conn, ("K2", april)) == {}
+    # whether a period of the contract was posted on the date or later: its new periods may exist
+    assert posted_since(conn, "K1", dt.date(2026, 4, 2)) == {"K1": False}
+    assert posted_since(conn, "K1", april) == posted_since(conn, "K1", DAY) == {"K1": True}
+    assert posted_since(conn, "K2", april) == {}
     # a contract asked for twice (two dates) gets one row, the latest of both, as from the ledger
     twice = pl.DataFrame({"contract_id": ["K1", "K1"], "business_date": [april, dt.date(2026, 4, 2)]})
-    assert ledger.last_posted_periods(conn, twice).rows() == [("K1", april)]
+    assert ledger.last_posted_periods(conn, twice).rows() == [("K1", april, True)]
 
     conn.execute("DROP TABLE contract_periods")
     create_schema(conn)

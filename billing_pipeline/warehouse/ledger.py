@@ -135,19 +135,23 @@ def ledger_sums(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame) ->
 
 
 def last_posted_periods(conn: duckdb.DuckDBPyConnection, contract_days: pl.DataFrame) -> pl.DataFrame:
-    """Per contract: the latest bill date posted before the business date. From contract_periods
-    when its latest posting is from an earlier date (every night's case); from the contract's
-    ledger entries when a posting is from that date or later (a day rerun, or run late)."""
+    """Per contract with a period in the ledger: `last_bill_date`, the latest bill date posted
+    before the business date (null if none), and `posted_since`, whether a period of it was
+    posted on that date or later (a day rerun, or run late). From contract_periods when its
+    latest posting is from an earlier date (every night's case); from the contract's ledger
+    entries otherwise."""
     return query(conn, f"""
         WITH known AS (SELECT c.contract_id, c.business_date, s.last_bill_date, s.last_business_date
                        FROM _days c JOIN contract_periods s USING (contract_id)),
         rerun AS (SELECT contract_id, business_date FROM known WHERE last_business_date >= business_date),
-        found AS (SELECT contract_id, last_bill_date FROM known WHERE last_business_date < business_date
+        found AS (SELECT contract_id, last_bill_date, false AS since FROM known WHERE last_business_date < business_date
                   UNION ALL
-                  SELECT l.contract_id, l.bill_date FROM ledger l JOIN rerun c USING (contract_id)
+                  SELECT contract_id, NULL, true FROM rerun
+                  UNION ALL
+                  SELECT l.contract_id, l.bill_date, true FROM ledger l JOIN rerun c USING (contract_id)
                   WHERE l.kind IN {PERIOD_KINDS_SQL} AND l.business_date < c.business_date)
-        SELECT contract_id, max(last_bill_date) AS last_bill_date FROM found GROUP BY contract_id""",
-                 _days=contract_days.select("contract_id", "business_date"))
+        SELECT contract_id, max(last_bill_date) AS last_bill_date, bool_or(since) AS posted_since
+        FROM found GROUP BY contract_id""", _days=contract_days.select("contract_id", "business_date"))
 
 
 def ledger_problems(conn: duckdb.DuckDBPyConnection,
