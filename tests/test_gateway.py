@@ -164,5 +164,5 @@ def test_the_latency_is_the_answer_time_and_the_record_is_kept_within_it(tmp_pat
 
     answer, took = asyncio.run(call_and_watch())
     assert answer.get_column("outcome").to_list() == ["approved"]
-    assert took >= 1.0
+    assert took >= 0.99  # asyncio may wake a timer up to its clock resolution early
     assert seen_while_waiting and seen_while_waiting[0] < 0.5  # kept while the latency ran, not after it
