@@ -2,9 +2,9 @@
 
 Each configuration sends N synthetic requests (3% of tokens decline, none error, so no retry
 backoff skews the rate) through `run_charges` with a fresh gateway state file and a fresh
-warehouse (the package's schema). `record` does what `cycle.charge` does with each batch: one
-transaction that inserts the outcomes into `billing_attempts` and posts the approved ones to the
-ledger (`ledger.post_new_entries`). Throughput = N / wall time of `run_charges`; the ceiling is
+warehouse (the package's schema). `record` is what `cycle.charge` does with each batch,
+`cycle.record_outcomes`: one transaction that inserts the outcomes into `billing_attempts` and
+posts the approved ones to the ledger. Throughput = N / wall time of `run_charges`; the ceiling is
 max_in_flight / latency. Two controls locate the cost when the target is missed: the same run
 with a no-op `record`, and latency 0 (the CPU cost of a charge with nothing to wait for).
 """
@@ -16,7 +16,6 @@ import datetime as dt
 import resource
 import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 
 from benchmarks.common import write_json
@@ -50,23 +49,20 @@ def measure(n: int, max_in_flight: int, batch_size: int, latency_s: float, recor
     import polars as pl
 
     from billing_pipeline.charging import ChargeSettings, run_charges
+    from billing_pipeline.cycle import record_outcomes
     from billing_pipeline.gateway import SimulatedGateway
-    from billing_pipeline.warehouse import ledger
-    from billing_pipeline.warehouse.store import CONNECTION_CONFIG, insert, transaction
+    from billing_pipeline.warehouse.store import CONNECTION_CONFIG, create_schema
 
     tag = f"n{n}-m{max_in_flight}-b{batch_size}-l{latency_s}-{record_mode}"
     requests = build(n)
     conn = duckdb.connect(str(workdir / f"{tag}.duckdb"), config=CONNECTION_CONFIG)
-    conn.execute(resources.files("billing_pipeline.warehouse").joinpath("schema.sql").read_text())
+    create_schema(conn)
     gateway = SimulatedGateway(workdir / f"{tag}.gateway.sqlite", latency_s=latency_s)
     record_times: list[float] = []
 
-    def record(outcomes: pl.DataFrame) -> None:  # as in cycle.charge
+    def record(outcomes: pl.DataFrame) -> None:  # what cycle.charge records
         started = time.perf_counter()
-        attempts = outcomes.drop("token", "charge_cents").rename({"reference": "gateway_reference"})
-        with transaction(conn):
-            insert(conn, "billing_attempts", attempts.drop("surcharge_product_id"))
-            ledger.post_new_entries(conn, ledger.billing_entries(attempts.filter(pl.col("outcome") == "approved")))
+        record_outcomes(conn, outcomes)
         record_times.append(time.perf_counter() - started)
 
     def no_record(outcomes: pl.DataFrame) -> None:

@@ -124,7 +124,7 @@ class RssSampler:
 def match_ledger_state(conn: Any) -> None:
     """Sets customer_balances and contract_periods to what the ledger says, after a benchmark
     copied history into the ledger."""
-    from billing_pipeline.warehouse.store import CATCH_UPS
+    from billing_pipeline.warehouse.state import CATCH_UPS
 
     conn.execute("""
         UPDATE customer_balances b SET balance_cents = s.cents, entries = s.n

@@ -376,14 +376,7 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
                               "token", "amount_cents", "surcharge_cents", "surcharge_product_id",
                               (pl.col("amount_cents") + pl.col("surcharge_cents")).alias("charge_cents"))
 
-    def record(outcomes: pl.DataFrame) -> None:
-        attempts = outcomes.drop("token", "charge_cents").rename({"reference": "gateway_reference"})
-        with transaction(conn):
-            insert(conn, "billing_attempts", attempts.drop("surcharge_product_id"), key="idempotency_key")
-            # New by construction: billing_attempts above refuses a second outcome of a charge.
-            ledger.post_new_entries(conn, ledger.billing_entries(attempts.filter(pl.col("outcome") == "approved")))
-
-    sent = run_charges(requests, gateway, settings.charging, record)
+    sent = run_charges(requests, gateway, settings.charging, lambda outcomes: record_outcomes(conn, outcomes))
     # Every request of the batch's days has its outcome now (errors included).
     execute(conn, """DELETE FROM unanswered_charge_days u USING _days d
                    WHERE u.facility_id = d.facility_id AND u.business_date = d.business_date""",
@@ -392,6 +385,16 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
         SELECT a.* FROM billing_attempts a JOIN _days d USING (facility_id, business_date)
         ORDER BY idempotency_key""", _days=days.select("facility_id", "business_date"))
     return attempts, sent
+
+
+def record_outcomes(conn: duckdb.DuckDBPyConnection, outcomes: pl.DataFrame) -> None:
+    """Writes a chunk of charge outcomes (`run_charges`' requests with their answers) and the
+    ledger entries of the approved ones, in one transaction."""
+    attempts = outcomes.drop("token", "charge_cents").rename({"reference": "gateway_reference"})
+    with transaction(conn):
+        insert(conn, "billing_attempts", attempts.drop("surcharge_product_id"), key="idempotency_key")
+        # New by construction: billing_attempts above refuses a second outcome of a charge.
+        ledger.post_new_entries(conn, ledger.billing_entries(attempts.filter(pl.col("outcome") == "approved")))
 
 
 # --- the whole cycle, as `billing-pipeline run` calls it -------------------------------------

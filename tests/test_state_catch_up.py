@@ -9,7 +9,8 @@ import duckdb
 import polars as pl
 import pytest
 
-from billing_pipeline.warehouse import ledger, store
+from billing_pipeline.warehouse import ledger
+from billing_pipeline.warehouse.state import CATCH_UPS
 from billing_pipeline.warehouse.store import create_schema, transaction
 
 DAY = dt.date(2026, 3, 2)
@@ -60,13 +61,13 @@ def test_a_warehouse_from_before_the_state_tables_gets_them_from_its_history(con
 def test_an_interrupted_fill_is_redone_whole(conn, monkeypatch):
     request_without_outcome(conn, "F1", DAY)
     conn.execute("DROP TABLE contract_periods; DROP TABLE unanswered_charge_days")
-    real = store.CATCH_UPS["unanswered_charge_days"]
-    monkeypatch.setitem(store.CATCH_UPS, "unanswered_charge_days", (real[0], "SELECT error('killed') WHERE $since IS NULL"))
+    real = CATCH_UPS["unanswered_charge_days"]
+    monkeypatch.setitem(CATCH_UPS, "unanswered_charge_days", (real[0], "SELECT error('killed') WHERE $since IS NULL"))
     with pytest.raises(duckdb.Error, match="killed"):
         create_schema(conn)
     tables = {name for (name,) in conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     assert "contract_periods" not in tables and "unanswered_charge_days" not in tables  # nothing half done
-    monkeypatch.setitem(store.CATCH_UPS, "unanswered_charge_days", real)
+    monkeypatch.setitem(CATCH_UPS, "unanswered_charge_days", real)
     create_schema(conn)
     assert state(conn) == ([("K0", DAY, DAY), ("K1", DAY, DAY)], [("F1", DAY)])
 

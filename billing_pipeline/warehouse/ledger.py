@@ -16,10 +16,9 @@ import duckdb
 import polars as pl
 
 from billing_pipeline.rules.text import fmt
+from billing_pipeline.warehouse.state import PERIOD_KINDS, PERIOD_KINDS_SQL, contract_periods_upsert
 from billing_pipeline.warehouse.store import execute, query, register
 
-PERIOD_KINDS = ("dues", "freeze_fee")  # the entries that post a contract's period
-PERIOD_KINDS_SQL = "(" + ", ".join(f"'{kind}'" for kind in PERIOD_KINDS) + ")"
 LEDGER_COLUMNS = ["entry_id", "business_date", "facility_id", "customer_id", "kind", "amount_cents",
                   "contract_id", "bill_date", "idempotency_key", "product_id"]
 
@@ -107,14 +106,8 @@ def move_state(conn: duckdb.DuckDBPyConnection, inserted: pl.DataFrame) -> None:
             _inserted=inserted.select("customer_id", "amount_cents"))
     periods = inserted.filter(pl.col("kind").is_in(PERIOD_KINDS))
     if periods.height:
-        execute(conn, """
-            INSERT INTO contract_periods
-            SELECT contract_id, max(bill_date), max(business_date) FROM _periods
-            GROUP BY contract_id ORDER BY contract_id
-            ON CONFLICT (contract_id) DO UPDATE
-            SET last_bill_date = greatest(last_bill_date, excluded.last_bill_date),
-                last_business_date = greatest(last_business_date, excluded.last_business_date)""",
-                _periods=periods.select("contract_id", "bill_date", "business_date"))
+        execute(conn, contract_periods_upsert("_periods"),
+                _periods=periods.select("kind", "contract_id", "bill_date", "business_date"))
 
 
 def ledger_sums(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame) -> pl.DataFrame:

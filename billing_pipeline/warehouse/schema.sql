@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS customer_balances (
 -- Per contract: the latest dues / freeze fee period in the ledger and the latest business date
 -- that posted one, moved in the same transaction as the ledger: a night reads it instead of
 -- every period ever posted (`ledger.last_posted_periods`). Caught up with entries posted by
--- anything else at every open (`store.CATCH_UPS`); the daily audit checks it against the ledger.
+-- anything else at every open (`state.CATCH_UPS`); the daily audit checks it against the ledger.
 CREATE TABLE IF NOT EXISTS contract_periods (
     contract_id VARCHAR PRIMARY KEY, last_bill_date DATE NOT NULL, last_business_date DATE NOT NULL);
 
@@ -91,7 +91,7 @@ CREATE TABLE IF NOT EXISTS charge_requests (
 -- that writes their requests, struck off once their charging has recorded every outcome. The
 -- holds of other days' customers (`charge_pending`) look only at these days' requests, not at
 -- every request ever written. (Caught up with requests written by anything else at every
--- open: `store.CATCH_UPS`.)
+-- open: `state.CATCH_UPS`.)
 CREATE TABLE IF NOT EXISTS unanswered_charge_days (
     facility_id VARCHAR NOT NULL, business_date DATE NOT NULL, PRIMARY KEY (facility_id, business_date));
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
+from billing_pipeline.warehouse.state import CATCH_UPS
+
 
 # Background allocator threads hand memory freed by a big query back to the system: without them
 # about 0.7 GiB of a 10M-row aggregate stayed resident for the rest of the night. No automatic
@@ -65,36 +67,9 @@ class Warehouse:
         os.replace(tmp, self.path)
 
 
-# State a night reads instead of the whole history, kept by the code that writes the history,
-# and how it takes in history rows written since it last caught up (by their write time). Every
-# open catches up, in one transaction with the schema: a warehouse written before a state table
-# existed gets it filled from its whole history (and an interrupted fill is redone whole), and
-# rows written by anything that did not keep the state (an older version of the pipeline run
-# against the warehouse) are taken in at the next open. Catching up twice is harmless.
-CATCH_UPS = {
-    "contract_periods": ("SELECT max(posted_at) FROM ledger", """
-        INSERT INTO contract_periods
-        SELECT contract_id, max(bill_date), max(business_date) FROM ledger
-        WHERE kind IN ('dues', 'freeze_fee') AND ($since IS NULL OR posted_at >= $since)
-        GROUP BY contract_id ORDER BY contract_id
-        ON CONFLICT (contract_id) DO UPDATE
-        SET last_bill_date = greatest(last_bill_date, excluded.last_bill_date),
-            last_business_date = greatest(last_business_date, excluded.last_business_date)"""),
-    # The attempts are read for the new requests' days only (an attempt has its request's day).
-    "unanswered_charge_days": ("SELECT max(requested_at) FROM charge_requests", """
-        INSERT INTO unanswered_charge_days
-        WITH fresh AS (SELECT facility_id, business_date, idempotency_key FROM charge_requests
-                       WHERE $since IS NULL OR requested_at >= $since),
-             answered AS (SELECT idempotency_key FROM billing_attempts
-                          SEMI JOIN (SELECT DISTINCT facility_id, business_date FROM fresh) USING (facility_id, business_date))
-        SELECT DISTINCT facility_id, business_date FROM fresh ANTI JOIN answered USING (idempotency_key)
-        ON CONFLICT DO NOTHING"""),
-}
-
-
 def create_schema(conn: duckdb.DuckDBPyConnection) -> None:
     """Creates what is missing of the schema and brings the state tables up to date with the
-    history (`CATCH_UPS`), in one transaction."""
+    history (`state.CATCH_UPS`), in one transaction."""
     with transaction(conn):
         existing = {name for (name,) in conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         conn.execute(resources.files("billing_pipeline.warehouse").joinpath("schema.sql").read_text())
@@ -138,10 +113,8 @@ def insert(conn: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame, key
     it: DuckDB's index takes 1.4M sorted keys in about half the time of shuffled ones."""
     if frame.height == 0:
         return 0
-    register(conn, "_rows", frame.sort(key) if key else frame)
     columns = ", ".join(frame.columns)
-    conn.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM _rows")
-    conn.unregister("_rows")
+    execute(conn, f"INSERT INTO {table} ({columns}) SELECT {columns} FROM _rows", _rows=frame.sort(key) if key else frame)
     return frame.height
 
 
