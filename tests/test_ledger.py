@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from billing_pipeline.warehouse import ledger
-from billing_pipeline.warehouse.store import create_schema, transaction
+from billing_pipeline.warehouse.store import TransactionAborted, create_schema, transaction
 
 DAY = dt.date(2026, 3, 2)
 
@@ -122,3 +122,17 @@ def test_new_entries_go_in_plainly_and_a_second_posting_fails_the_transaction(tm
         ledger.post_new_entries(conn, entries(("e3", "C1", 100), ("e1", "C1", 500)))
     assert balances(conn) == {"C1": (500, 1), "C2": (-300, 1)}
     assert conn.execute("SELECT entry_id FROM ledger ORDER BY 1").fetchall() == [("e1",), ("e2",)]
+
+
+def test_a_transaction_whose_failed_statement_was_caught_is_refused_not_silently_dropped(tmp_path):
+    # DuckDB commits nothing of such a transaction and says nothing: the writer must hear of it.
+    conn = warehouse(tmp_path)
+    with pytest.raises(TransactionAborted):
+        with transaction(conn):
+            ledger.post_new_entries(conn, entries(("e1", "C1", 500)))
+            with pytest.raises(duckdb.ConstraintException):
+                ledger.post_new_entries(conn, entries(("e1", "C1", 500)))
+    assert conn.execute("SELECT count(*) FROM ledger").fetchall() == [(0,)]
+    with transaction(conn):  # the connection is usable again
+        ledger.post_new_entries(conn, entries(("e2", "C1", 300)))
+    assert balances(conn) == {"C1": (300, 1)}

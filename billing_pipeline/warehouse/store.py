@@ -83,11 +83,23 @@ def create_schema(conn: duckdb.DuckDBPyConnection) -> None:
             conn.execute("INSERT OR REPLACE INTO state_caught_up VALUES ($t, $latest)", {"t": table, "latest": latest})
 
 
+class TransactionAborted(RuntimeError):
+    """A statement of the transaction failed and its error was caught: nothing of it is written."""
+
+
 @contextlib.contextmanager
 def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
     conn.execute("BEGIN TRANSACTION")
     try:
         yield conn
+        # DuckDB (2.0.1) answers the COMMIT of a transaction one of whose statements failed with
+        # silence, and drops the whole transaction: a caller that caught that statement's error
+        # would believe its writes done. Any statement in an aborted transaction raises.
+        try:
+            conn.execute("SELECT 1").fetchall()
+        except duckdb.TransactionException as exc:
+            raise TransactionAborted("a statement of this transaction failed and its error was caught; "
+                                     "the transaction is rolled back, nothing of it is written") from exc
     except BaseException:
         conn.execute("ROLLBACK")
         raise
