@@ -1,4 +1,5 @@
-"""An analyst's process queries the DuckDB file while a run writes it."""
+"""An analyst's process queries the DuckDB file while a run writes it; two writing processes take
+turns, each publish included."""
 
 import datetime as dt
 import os
@@ -63,3 +64,42 @@ def test_analyst_reads_while_a_run_writes(tmp_path):
     assert days == sorted(days) and entries == sorted(entries)
     assert len(set(days)) >= 3
     assert days[-1] == 6
+
+
+TURN = """
+import sys, time
+from pathlib import Path
+from billing_pipeline.warehouse.store import Warehouse
+db, name, folder = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+if name == "second":
+    while not (folder / "first_inside").exists():
+        time.sleep(0.01)
+with Warehouse(db).connect() as conn:
+    (folder / f"{name}_inside").write_text(repr(time.time()))
+    conn.execute("CREATE TABLE IF NOT EXISTS turns (writer VARCHAR)")
+    conn.execute("INSERT INTO turns VALUES (?)", [name])
+    if name == "first":
+        time.sleep(1.0)  # the second writer arrives meanwhile
+(folder / f"{name}_published").write_text(repr(time.time()))
+"""
+
+
+def test_a_second_writer_waits_until_the_first_has_published(tmp_path):
+    # DuckDB lets its lock go at close, before the publish copy: without the writer lock a
+    # second writer failed on DuckDB's lock, or, coming between close and copy, saw its publish
+    # overwritten by the first writer's older copy.
+    db = tmp_path / "billing.duckdb"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    writers = [subprocess.Popen([sys.executable, "-c", TURN, str(db), name, str(tmp_path)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for name in ("first", "second")]
+    results = [w.communicate(timeout=120) for w in writers]
+    for w, (out, err) in zip(writers, results):
+        assert w.returncode == 0, err
+    assert "waiting for another process writing" in results[1][0]
+    times = {p.name: float(p.read_text()) for p in tmp_path.glob("*_*") if p.suffix == ""}
+    assert times["second_inside"] >= times["first_published"]
+    import duckdb
+
+    with duckdb.connect(str(db), read_only=True) as conn:
+        assert conn.execute("SELECT writer FROM turns ORDER BY writer").fetchall() == [("first",), ("second",)]

@@ -6,6 +6,12 @@ publishes it: a checkpoint, a copy, and an atomic rename onto `<name>.duckdb`. A
 open connection keeps reading the snapshot it opened; a new one sees the latest finished step.
 A run that fails before publishing leaves the analysts' file exactly as it was.
 
+One writer at a time, from opening the writer copy to the end of its publish (a lock file beside
+it, `<name>.writer.lock`): DuckDB's own lock is let go at close, before the publish copy, and a
+second writer (a `run` or `audit-ledger` beside the Dagster schedule) that wrote in between saw
+its publish overwritten by the first one's older copy, or, checkpointing during that copy, could
+tear it. A second writer waits for the first instead of failing on DuckDB's lock.
+
 Every write of a facility-day replaces that facility-day's rows in one transaction, so a rerun
 never appends twice.
 """
@@ -15,12 +21,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 
 import duckdb
 import polars as pl
+from filelock import FileLock, Timeout
 
 from billing_pipeline.warehouse.state import CATCH_UPS
 
@@ -42,22 +49,41 @@ class Warehouse:
     def writer_path(self) -> Path:
         return self.path.with_name(self.path.stem + ".writer.duckdb")
 
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.stem + ".writer.lock")
+
+    @contextlib.contextmanager
+    def writing(self, echo: Callable[[str], object] = print) -> Iterator[None]:
+        """Holds the one-writer lock (waiting, with a word, while another process holds it)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.lock_path)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            echo(f"waiting for another process writing {self.path} to finish its step")
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
     @contextlib.contextmanager
     def connect(self, publish: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection to the writer copy; on success the result is published."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if not self.writer_path.exists() and self.path.exists():
-            shutil.copyfile(self.path, self.writer_path)
-        conn = duckdb.connect(str(self.writer_path), config=CONNECTION_CONFIG)
-        try:
-            create_schema(conn)
-            yield conn
+        with self.writing():
+            if not self.writer_path.exists() and self.path.exists():
+                shutil.copyfile(self.path, self.writer_path)
+            conn = duckdb.connect(str(self.writer_path), config=CONNECTION_CONFIG)
+            try:
+                create_schema(conn)
+                yield conn
+                if publish:
+                    conn.execute("CHECKPOINT")
+            finally:
+                conn.close()
             if publish:
-                conn.execute("CHECKPOINT")
-        finally:
-            conn.close()
-        if publish:
-            self.publish()
+                self.publish()
 
     def publish(self) -> None:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
