@@ -16,6 +16,7 @@ import duckdb
 import polars as pl
 
 from billing_pipeline.charging import ChargeSettings, run_charges
+from billing_pipeline.facility_clock import FACILITY_DAYS_SCHEMA, facility_days_for_date
 from billing_pipeline.gateway import PaymentGateway
 from billing_pipeline.night import Night
 from billing_pipeline.rules import billable as billable_rules
@@ -254,7 +255,7 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
     flagged = pl.concat([duplicates.select("business_date", "customer_id"),
                          without_payment_method.select("business_date", "customer_id")]).unique()
     blocks = prebilling.billing_blocks(candidates.lazy(), flagged.lazy(), night.facility_days.lazy(),
-                                       settings.max_flagged_share).collect()
+                                       settings.max_flagged_share, window_neighbours(conn, night).lazy()).collect()
     held = billable_rules.apply_holds(candidates.lazy(), duplicates.lazy(), night.usable_methods.lazy(),
                                       blocks.lazy(), charge_holds(conn, candidates).lazy()).collect()
     out = {
@@ -272,6 +273,24 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
             replace_facility_days(conn, table, frame, night.facility_days)
         stamp_first(conn, night.facility_days, "billed_first_at")
     return out
+
+
+def window_neighbours(conn: duckdb.DuckDBPyConnection, night: Night) -> pl.DataFrame:
+    """The block counts stored by the facility-days that share a window and date with the batch's
+    but are not in it: none for a Dagster window or a whole date (they hold whole windows); for
+    `run --facility`, the window's other facilities as their last run left them (those that have
+    not run count nothing), so one facility is blocked or billed as its window would be."""
+    days = night.facility_days
+    window_days = pl.concat([pl.DataFrame(schema=FACILITY_DAYS_SCHEMA),  # a window may hold no facility
+                             *(facility_days_for_date(night.inputs.facilities, day)
+                               for day in days.get_column("business_date").unique().sort())])  # a date or two
+    others = (window_days.join(days.select("partition_key", "business_date").unique(),
+                               on=["partition_key", "business_date"], how="semi")
+              .join(days, on=["facility_id", "business_date"], how="anti"))
+    return query(conn, """
+        SELECT o.partition_key, o.business_date, b.billable_customers, b.flagged_customers
+        FROM _others o JOIN billing_blocks b USING (facility_id, business_date)""",
+                 _others=others.select("facility_id", "business_date", "partition_key"))
 
 
 def charge_holds(conn: duckdb.DuckDBPyConnection, candidates: pl.DataFrame) -> pl.DataFrame:

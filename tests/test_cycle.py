@@ -156,6 +156,40 @@ def test_block_posts_dues_and_charges_no_one(tmp_path):
     assert summary.blocked_facility_days == [] and summary.approved == 1
 
 
+def test_one_facility_run_alone_is_blocked_or_billed_as_its_window_decides(tmp_path):
+    """F1 alone: 1 flagged of 2 (50 %); with F2's 50 customers in its window: 1 of 52 (under 2 %).
+    `run --facility F1` counts F2 as F2's last run stored it, as the whole window would."""
+    big = [customer(f"B{i:02d}", facility_id="F2") for i in range(50)]
+    data = write_export(
+        tmp_path / "data", facilities=[facility(), facility(facility_id="F2", name="Second")],
+        customers=[customer("C1"), customer("C2"), *big],
+        contracts=[contract("K1"), contract("K2", customer_id="C2"),
+                   *[contract(f"KB{c['customer_id']}", customer_id=c["customer_id"], facility_id="F2") for c in big]],
+        payment_methods=[card("C1"), *[card(c["customer_id"]) for c in big]])
+    day = D(2026, 1, 1)
+
+    def run_one(db, facility_id):
+        return run_dates(data, db, day, day, facility_id, RunOptions(), echo=lambda _: None)
+
+    def blocks(db):
+        with duckdb.connect(str(db), read_only=True) as conn:
+            return conn.sql("SELECT * FROM billing_blocks WHERE facility_id = 'F1'").fetchall()
+
+    whole = tmp_path / "whole.duckdb"
+    [summary] = run_one(whole, None)
+    assert summary.blocked_facility_days == [] and summary.approved == 51
+
+    apart = tmp_path / "apart.duckdb"
+    run_one(apart, "F2")
+    [summary] = run_one(apart, "F1")
+    assert summary.blocked_facility_days == [] and summary.approved == 1
+    assert blocks(apart) == blocks(whole)  # window_billable 52, window_flagged 1
+
+    alone = tmp_path / "alone.duckdb"  # F2 has not run: F1's window holds F1 alone
+    [summary] = run_one(alone, "F1")
+    assert summary.blocked_facility_days == ["F1 2026-01-01"] and summary.approved == 0
+
+
 KILL_SCRIPT = """
 import sys, datetime as dt
 from pathlib import Path

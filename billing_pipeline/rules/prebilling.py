@@ -66,13 +66,15 @@ def recurring_dues_without_payment_method(statuses: pl.LazyFrame, customers: pl.
 
 
 def billing_blocks(candidates: pl.LazyFrame, flagged: pl.LazyFrame, facility_days: pl.LazyFrame,
-                   max_share: float) -> pl.LazyFrame:
+                   max_share: float, neighbours: pl.LazyFrame | None = None) -> pl.LazyFrame:
     """Per facility-day: does its window block billing?
 
     The share is flagged customers among those who would be billed that day before holds, over
     the window's (partition_key) facility-days of that business date: a window holds two dates
     when facilities 24 hours apart share its UTC hour, and `billing-pipeline run` (a date at a
     time) must decide as the Dagster partition does. No one to bill: no block.
+    `neighbours`: partition_key, business_date, billable_customers, flagged_customers of the
+    windows' facility-days outside the batch (a batch of one facility), counted in the share.
     """
     per_day = (
         candidates.select("business_date", "facility_id", "customer_id")
@@ -86,7 +88,11 @@ def billing_blocks(candidates: pl.LazyFrame, flagged: pl.LazyFrame, facility_day
         .join(per_day, on=["business_date", "facility_id"], how="left")
         .with_columns(pl.col("billable_customers", "flagged_customers").fill_null(0).cast(pl.Int64))
     )
-    window = days.group_by("partition_key", "business_date").agg(
+    counted = days.select("partition_key", "business_date", "billable_customers", "flagged_customers")
+    if neighbours is not None:
+        counted = pl.concat([counted, neighbours.select(counted.collect_schema().names())
+                            .cast({"billable_customers": pl.Int64, "flagged_customers": pl.Int64})])
+    window = counted.group_by("partition_key", "business_date").agg(
         pl.col("billable_customers").sum().alias("window_billable"),
         pl.col("flagged_customers").sum().alias("window_flagged"))
     share = pl.when(pl.col("window_billable") > 0).then(
