@@ -21,7 +21,7 @@ AUDIT_JOB = "ledger_audit"
                                          "twice; the whole ledger matches approved charges and dues postings.")])
 def ledger_audit(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     """Audits the whole ledger and appends the result to `ledger_audits`."""
-    with warehouse.get().connect() as conn:
+    with warehouse.get().connect(echo=context.log.info) as conn:
         problems, record = audit(conn)
     yield dg.MaterializeResult(asset_key=LEDGER_AUDITS, metadata={
         "ledger_entries": record["ledger_entries"], "customers": record["customers"], "problems": record["problems"]})

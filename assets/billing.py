@@ -38,7 +38,7 @@ def billable(context: dg.AssetExecutionContext, export: ExportFolder, warehouse:
              billing: BillingSettings):
     """Selects billable customers and runs the pre-billing checks before any charge."""
     night = export.night(context.partition_key)
-    with warehouse.get().connect() as conn:
+    with warehouse.get().connect(echo=context.log.info) as conn:
         out = cycle.select_billable(conn, night, billing.cycle())
     held = out["billable_customers"].group_by("hold_reason").len().sort("hold_reason")
     yield dg.MaterializeResult(asset_key=BILLABLE_CUSTOMERS, metadata={
@@ -68,7 +68,7 @@ def charging(context: dg.AssetExecutionContext, export: ExportFolder, warehouse:
     night = export.night(context.partition_key)
     gw = gateway.open()
     try:
-        with warehouse.get().connect() as conn:
+        with warehouse.get().connect(echo=context.log.info) as conn:
             attempts, sent = cycle.charge(conn, night, gw, billing.cycle())
             ledger = ledger_check_result(ledger_problems(conn, night.facility_days), BILLING_ATTEMPTS)
     finally:

@@ -29,7 +29,7 @@ DUES_POSTING_ERRORS = dg.AssetKey("dues_posting_errors")
 def dues_posting(context: dg.AssetExecutionContext, export: ExportFolder, warehouse: WarehouseResource):
     """Posts every unposted period up to the business date for the window's facilities."""
     night = export.night(context.partition_key)
-    with warehouse.get().connect() as conn:
+    with warehouse.get().connect(echo=context.log.info) as conn:
         out, new_entries = cycle.post_dues(conn, night)
         ledger = ledger_check_result(ledger_problems(conn, night.facility_days), DUES_POSTINGS)
     yield dg.MaterializeResult(asset_key=DUE_CONTRACTS, metadata=frame_metadata(out["due_contracts"]))

@@ -23,7 +23,7 @@ STATUS_CHANGE_ERRORS = dg.AssetKey("status_change_errors")
 def maintenance(context: dg.AssetExecutionContext, export: ExportFolder, warehouse: WarehouseResource):
     """Applies status changes up to the business date for the window's facilities."""
     night = export.night(context.partition_key)
-    with warehouse.get().connect() as conn:
+    with warehouse.get().connect(echo=context.log.info) as conn:
         out = cycle.maintenance(conn, night)
     days = {"facility_days": night.facility_days.height}
     yield dg.MaterializeResult(asset_key=CONTRACT_STATUS_DAILY, metadata={

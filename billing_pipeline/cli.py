@@ -123,7 +123,7 @@ def audit_ledger(db: Path) -> None:
     from billing_pipeline.warehouse.ledger import audit
     from billing_pipeline.warehouse.store import Warehouse
 
-    with Warehouse(db).connect() as conn:
+    with Warehouse(db).connect(echo=click.echo) as conn:
         problems, record = audit(conn)
     click.echo(f"{record['ledger_entries']:,} ledger entries, {record['customers']:,} customers: "
                + ("balanced, no key twice" if not record["problems"] else

@@ -54,7 +54,7 @@ def run_dates(data: Path, db: Path, first: dt.date, last: dt.date, facility: str
         day = first
         while day <= last:
             night = Night(inputs, facility_days_for_date(inputs.facilities, day, facility))
-            with warehouse.connect() as conn:
+            with warehouse.connect(echo=echo) as conn:
                 summary = run_night(conn, night, gateway, options.cycle_settings())
             echo(describe(day, summary))
             summaries.append(summary)

@@ -19,8 +19,11 @@ never appends twice.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import shutil
+import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from importlib import resources
 from pathlib import Path
@@ -53,27 +56,63 @@ class Warehouse:
     def lock_path(self) -> Path:
         return self.path.with_name(self.path.stem + ".writer.lock")
 
-    @contextlib.contextmanager
-    def writing(self, echo: Callable[[str], object] = print) -> Iterator[None]:
-        """Holds the one-writer lock (waiting, with a word, while another process holds it)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(self.lock_path)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            echo(f"waiting for another process writing {self.path} to finish its step")
-            lock.acquire()
-        try:
-            yield
-        finally:
-            lock.release()
+    @property
+    def holder_path(self) -> Path:
+        return self.path.with_name(self.path.stem + ".writer.holder")  # who holds the lock, for the waiting
 
     @contextlib.contextmanager
-    def connect(self, publish: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    def writing(self, echo: Callable[[str], object] = print) -> Iterator[None]:
+        """Holds the one-writer lock (waiting, with a word, while another process holds it).
+
+        Not re-entrant: a second `connect` of the same warehouse in this process (any thread)
+        would wait for itself, so it is refused."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        key = self.lock_path.resolve()
+        with _HELD_LOCK:
+            if key in _HELD:
+                raise RuntimeError(f"this process already writes {self.path}: Warehouse.connect is not re-entrant")
+            _HELD.add(key)
+        try:
+            lock = FileLock(self.lock_path)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                holder = self.holder_path.read_text().strip() if self.holder_path.exists() else "another process"
+                echo(f"waiting for {holder} to finish writing {self.path}")
+                lock.acquire()
+            try:
+                self.holder_path.write_text(f"pid {os.getpid()} ({' '.join(sys.argv[:2])}), writing since "
+                                            f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC\n")
+                self._clear_leftovers()
+                yield
+            finally:
+                lock.release()
+        finally:
+            with _HELD_LOCK:
+                _HELD.discard(key)
+
+    def _clear_leftovers(self) -> None:
+        """What a killed writer may have left (under the lock, so nobody is writing them): a
+        publish copy cut short, and a writer copy cut short."""
+        for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+        self._writer_copy_tmp.unlink(missing_ok=True)
+
+    @property
+    def _writer_copy_tmp(self) -> Path:
+        return self.writer_path.with_name(f".{self.writer_path.name}.copy.tmp")
+
+    @contextlib.contextmanager
+    def connect(self, publish: bool = True, echo: Callable[[str], object] = print) -> Iterator[duckdb.DuckDBPyConnection]:
         """A connection to the writer copy; on success the result is published."""
-        with self.writing():
+        with self.writing(echo):
             if not self.writer_path.exists() and self.path.exists():
-                shutil.copyfile(self.path, self.writer_path)
+                # A fresh writer copy of the analysts' file, whole or not at all (a copy cut short
+                # would be opened by every later run), and without the write-ahead log of a
+                # writer file that is gone: replayed onto this copy it would apply old writes again.
+                Path(f"{self.writer_path}.wal").unlink(missing_ok=True)
+                _copy_durably(self.path, self._writer_copy_tmp)
+                os.replace(self._writer_copy_tmp, self.writer_path)
             conn = duckdb.connect(str(self.writer_path), config=CONNECTION_CONFIG)
             try:
                 create_schema(conn)
@@ -86,11 +125,19 @@ class Warehouse:
                 self.publish()
 
     def publish(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        shutil.copyfile(self.writer_path, tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
+        tmp = self.path.with_name(f".{self.path.name}.publish.tmp")
+        _copy_durably(self.writer_path, tmp)
         os.replace(tmp, self.path)
+
+
+_HELD: set[Path] = set()  # warehouses this process writes now
+_HELD_LOCK = threading.Lock()
+
+
+def _copy_durably(source: Path, target: Path) -> None:
+    shutil.copyfile(source, target)
+    with open(target, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
 def create_schema(conn: duckdb.DuckDBPyConnection) -> None:
@@ -126,10 +173,12 @@ def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConn
         except duckdb.TransactionException as exc:
             raise TransactionAborted("a statement of this transaction failed and its error was caught; "
                                      "the transaction is rolled back, nothing of it is written") from exc
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # The error that stopped the transaction is the one to hear of, not a failed rollback's.
+        with contextlib.suppress(duckdb.Error):
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 def register(conn: duckdb.DuckDBPyConnection, name: str, frame: pl.DataFrame) -> str:

@@ -1,0 +1,71 @@
+"""The writer copy and its publish survive a killed writer: what it left is cleared or never used."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from billing_pipeline.warehouse.store import Warehouse
+
+KILLED_MID_STEP = """
+import os, sys
+from billing_pipeline.warehouse.store import Warehouse
+with Warehouse(sys.argv[1]).connect() as conn:
+    conn.execute("INSERT INTO t SELECT range FROM range(1000)")
+    os._exit(9)  # killed before the step's checkpoint: the rows sit in the write-ahead log
+"""
+
+
+def rows(path: Path) -> int:
+    with duckdb.connect(str(path), read_only=True) as conn:
+        return conn.execute("SELECT count(*) FROM t").fetchall()[0][0]
+
+
+def published_with_rows(tmp_path: Path, n: int) -> Warehouse:
+    warehouse = Warehouse(tmp_path / "billing.duckdb")
+    with warehouse.connect() as conn:
+        conn.execute("CREATE TABLE t (i BIGINT)")
+        conn.execute(f"INSERT INTO t SELECT range FROM range({n})")
+    return warehouse
+
+
+def test_a_fresh_writer_copy_never_replays_the_log_of_a_writer_file_that_is_gone(tmp_path):
+    warehouse = published_with_rows(tmp_path, 10)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_STEP, str(warehouse.path)], env=env)
+    assert killed.returncode == 9
+    wal = Path(f"{warehouse.writer_path}.wal")
+    assert wal.exists()  # the killed step's rows, never published
+    warehouse.writer_path.unlink()  # e.g. a warehouse restored from the analysts' file
+    with warehouse.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchall() == [(10,)]
+    assert rows(warehouse.path) == 10
+
+
+def test_copies_cut_short_by_a_kill_are_cleared_and_never_opened(tmp_path):
+    warehouse = published_with_rows(tmp_path, 10)
+    warehouse.writer_path.unlink()
+    # What a writer killed mid-copy leaves: half a writer copy, half a publish copy.
+    half = warehouse.path.read_bytes()[: warehouse.path.stat().st_size // 2]
+    leftovers = [warehouse.writer_path.with_name(f".{warehouse.writer_path.name}.copy.tmp"),
+                 warehouse.path.with_name(f".{warehouse.path.name}.12345.tmp"),
+                 warehouse.path.with_name(f".{warehouse.path.name}.publish.tmp")]
+    for leftover in leftovers:
+        leftover.write_bytes(half)
+    with warehouse.connect() as conn:
+        conn.execute("INSERT INTO t VALUES (10)")
+    assert rows(warehouse.path) == 11 and rows(warehouse.writer_path) == 11
+    assert not any(leftover.exists() for leftover in leftovers)
+
+
+def test_a_second_connect_in_the_same_process_is_refused_not_left_waiting_for_itself(tmp_path):
+    warehouse = published_with_rows(tmp_path, 1)
+    with warehouse.connect():
+        with pytest.raises(RuntimeError, match="not re-entrant"):
+            with Warehouse(str(warehouse.path)).connect():
+                pass
+    with warehouse.connect() as conn:  # and the lock is free again afterwards
+        assert conn.execute("SELECT count(*) FROM t").fetchall() == [(1,)]
