@@ -53,12 +53,14 @@ def test_copies_cut_short_by_a_kill_are_cleared_and_never_opened(tmp_path):
     leftovers = [warehouse.writer_path.with_name(f".{warehouse.writer_path.name}.copy.tmp"),
                  warehouse.path.with_name(f".{warehouse.path.name}.12345.tmp"),
                  warehouse.path.with_name(f".{warehouse.path.name}.publish.tmp")]
-    for leftover in leftovers:
+    # Not ours: the publish copy of a warehouse whose name starts with this one's.
+    neighbour = warehouse.path.with_name(f".{warehouse.path.name}.x.duckdb.publish.tmp")
+    for leftover in [*leftovers, neighbour]:
         leftover.write_bytes(half)
     with warehouse.connect() as conn:
         conn.execute("INSERT INTO t VALUES (10)")
     assert rows(warehouse.path) == 11 and rows(warehouse.writer_path) == 11
-    assert not any(leftover.exists() for leftover in leftovers)
+    assert not any(leftover.exists() for leftover in leftovers) and neighbour.exists()
 
 
 def test_a_second_connect_in_the_same_process_is_refused_not_left_waiting_for_itself(tmp_path):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import re
 import shutil
 import sys
 import threading
@@ -94,8 +95,12 @@ class Warehouse:
     def _clear_leftovers(self) -> None:
         """What a killed writer may have left (under the lock, so nobody is writing them): a
         publish copy cut short, and a writer copy cut short."""
+        # This warehouse's own (older versions named the publish copy by the writer's pid), not
+        # those of a warehouse whose name merely starts with this one's.
+        own = re.compile(rf"\.{re.escape(self.path.name)}\.(publish|\d+)\.tmp")
         for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
+            if own.fullmatch(tmp.name):
+                tmp.unlink(missing_ok=True)
         self._writer_copy_tmp.unlink(missing_ok=True)
 
     @property
