@@ -1,6 +1,8 @@
 """The writer copy and its publish survive a killed writer: what it left is cleared or never used."""
 
 import os
+import threading
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +73,33 @@ def test_a_second_connect_in_the_same_process_is_refused_not_left_waiting_for_it
                 pass
     with warehouse.connect() as conn:  # and the lock is free again afterwards
         assert conn.execute("SELECT count(*) FROM t").fetchall() == [(1,)]
+
+
+def test_another_thread_waits_its_turn(tmp_path):
+    warehouse = published_with_rows(tmp_path, 0)
+    first_inside, done = threading.Event(), []
+
+    def write(name: str, hold_s: float) -> None:
+        with Warehouse(warehouse.path).connect(echo=lambda _: None) as conn:
+            first_inside.set()
+            conn.execute("INSERT INTO t VALUES (?)", [len(name)])
+            time.sleep(hold_s)
+        done.append(name)
+
+    first = threading.Thread(target=write, args=("first", 0.5))
+    first.start()
+    first_inside.wait(10)
+    write("second!", 0)  # this thread: waits for the first thread's publish
+    first.join(10)
+    assert done == ["first", "second!"]
+    with duckdb.connect(str(warehouse.path), read_only=True) as conn:
+        assert conn.execute("SELECT i FROM t ORDER BY i").fetchall() == [(5,), (7,)]
+
+
+def test_a_symlink_to_the_warehouse_writes_the_file_it_points_to(tmp_path):
+    warehouse = published_with_rows(tmp_path, 3)
+    link = tmp_path / "current.duckdb"
+    link.symlink_to(warehouse.path)
+    with Warehouse(link).connect() as conn:
+        conn.execute("INSERT INTO t VALUES (3)")
+    assert link.is_symlink() and rows(link) == rows(warehouse.path) == 4

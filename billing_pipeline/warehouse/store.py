@@ -47,7 +47,9 @@ CONNECTION_CONFIG = {"allocator_background_threads": True, "checkpoint_threshold
 
 class Warehouse:
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        # Resolved: a path that is a symlink to the warehouse writes and publishes the file it
+        # points to (publishing onto the link would replace it with a file of its own).
+        self.path = Path(path).resolve()
 
     @property
     def writer_path(self) -> Path:
@@ -65,14 +67,14 @@ class Warehouse:
     def writing(self, echo: Callable[[str], object] = print) -> Iterator[None]:
         """Holds the one-writer lock (waiting, with a word, while another process holds it).
 
-        Not re-entrant: a second `connect` of the same warehouse in this process (any thread)
-        would wait for itself, so it is refused."""
+        Not re-entrant: a second `connect` of the same warehouse inside the first, in the same
+        thread, would wait for itself, so it is refused (another thread waits its turn)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         key = self.lock_path.resolve()
-        with _HELD_LOCK:
-            if key in _HELD:
-                raise RuntimeError(f"this process already writes {self.path}: Warehouse.connect is not re-entrant")
-            _HELD.add(key)
+        held = _held_by_this_thread()
+        if key in held:
+            raise RuntimeError(f"this thread already writes {self.path}: Warehouse.connect is not re-entrant")
+        held.add(key)
         try:
             lock = FileLock(self.lock_path)
             try:
@@ -89,8 +91,7 @@ class Warehouse:
             finally:
                 lock.release()
         finally:
-            with _HELD_LOCK:
-                _HELD.discard(key)
+            held.discard(key)
 
     def _clear_leftovers(self) -> None:
         """What a killed writer may have left (under the lock, so nobody is writing them): a
@@ -99,7 +100,7 @@ class Warehouse:
         # those of a warehouse whose name merely starts with this one's.
         own = re.compile(rf"\.{re.escape(self.path.name)}\.(publish|\d+)\.tmp")
         for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
-            if own.fullmatch(tmp.name):
+            if own.fullmatch(tmp.name) and tmp.is_file():
                 tmp.unlink(missing_ok=True)
         self._writer_copy_tmp.unlink(missing_ok=True)
 
@@ -135,8 +136,14 @@ class Warehouse:
         os.replace(tmp, self.path)
 
 
-_HELD: set[Path] = set()  # warehouses this process writes now
-_HELD_LOCK = threading.Lock()
+_THREAD = threading.local()
+
+
+def _held_by_this_thread() -> set[Path]:
+    """The lock files this thread holds now."""
+    if not hasattr(_THREAD, "held"):
+        _THREAD.held = set()
+    return _THREAD.held
 
 
 def _copy_durably(source: Path, target: Path) -> None:
