@@ -70,12 +70,7 @@ class Warehouse:
         Not re-entrant: a second `connect` of the same warehouse inside the first, in the same
         thread, would wait for itself, so it is refused (another thread waits its turn)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        key = self.lock_path.resolve()
-        held = _held_by_this_thread()
-        if key in held:
-            raise RuntimeError(f"this thread already writes {self.path}: Warehouse.connect is not re-entrant")
-        held.add(key)
-        try:
+        with _not_held_by_this_thread(self.lock_path, self.path):  # self.path is resolved
             lock = FileLock(self.lock_path)
             try:
                 lock.acquire(timeout=0)
@@ -90,8 +85,6 @@ class Warehouse:
                 yield
             finally:
                 lock.release()
-        finally:
-            held.discard(key)
 
     def _clear_leftovers(self) -> None:
         """What a killed writer may have left (under the lock, so nobody is writing them): a
@@ -136,14 +129,19 @@ class Warehouse:
         os.replace(tmp, self.path)
 
 
-_THREAD = threading.local()
+_THREAD = threading.local()  # .held: the lock files this thread holds now
 
 
-def _held_by_this_thread() -> set[Path]:
-    """The lock files this thread holds now."""
-    if not hasattr(_THREAD, "held"):
-        _THREAD.held = set()
-    return _THREAD.held
+@contextlib.contextmanager
+def _not_held_by_this_thread(lock_path: Path, warehouse: Path) -> Iterator[None]:
+    held = _THREAD.__dict__.setdefault("held", set())
+    if lock_path in held:
+        raise RuntimeError(f"this thread already writes {warehouse}: Warehouse.connect is not re-entrant")
+    held.add(lock_path)
+    try:
+        yield
+    finally:
+        held.discard(lock_path)
 
 
 def _copy_durably(source: Path, target: Path) -> None:
