@@ -336,7 +336,7 @@ def per_row_night(rows: dict[str, list[tuple]], day: dt.date) -> dict[str, Any]:
         reasons = []
         if customer_id in due_cents:
             reasons.append("dues_posted")
-        if sweep_mode == "fixed" and is_fixed_sweep_day(day, fixed_days):
+        if sweep_mode == "fixed" and is_fixed_sweep_day(day, fixed_days):  # first billing: D alone
             reasons.append("sweep_fixed")
         if sweep_mode == "rolling" and rolling_days is not None:  # no billing history yet
             reasons.append("sweep_rolling")

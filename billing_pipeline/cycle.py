@@ -182,9 +182,13 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
 def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: CycleSettings) -> dict[str, pl.DataFrame]:
     refuse_superseded_billing(conn, night.facility_days)
     customer_days = night.customer_days
+    runs = home_runs(conn, night.facility_days)
+    day_settings = billable_rules.facility_day_settings(
+        runs.select("facility_id", "business_date", "run_at", pl.col("previous_business_date").alias("last_billed_date"))
+        .lazy(), night.inputs.facilities.lazy()).collect()
     # Only a retry or a rolling sweep looks at past attempts: the customers of facilities with
     # neither are left out of that query (it reads every attempt and billed day of the rest).
-    looks_back = night.day_settings.filter(pl.col("retry_declined_after_days").is_not_null()
+    looks_back = day_settings.filter(pl.col("retry_declined_after_days").is_not_null()
                                            | (pl.col("sweep_mode") == "rolling"))
     keys = customer_days.join(looks_back.select("facility_id", "business_date"), on=["facility_id", "business_date"],
                               how="semi").select("customer_id", "business_date")
@@ -200,7 +204,6 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
     # posted after the home's previous day first billed, is counted by the home's next billing:
     # each facility-day's dues by one home day, which its reruns count again (the first-time
     # stamps do not move), nothing that arrived after the home day first billed.
-    runs = home_runs(conn, night.facility_days)
     arrived = "coalesce(c.dues_first_posted_at, '-infinity'::TIMESTAMPTZ)"
     counted = f"""c.business_date <= h.business_date AND c.run_at <= h.run_at
                  AND {arrived} <= coalesce(h.billed_first_at, 'infinity'::TIMESTAMPTZ)
@@ -248,7 +251,7 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
                                          & pl.col("contract_type").is_in(billable_rules.QUALIFYING_TYPES))
                   .select("customer_id", "business_date"))
     night.forget("customer_contracts", "customer_keys", "elsewhere")  # 10M contracts' rows: not needed from here on
-    with_settings = customer_days.lazy().join(night.day_settings.lazy(), on=["facility_id", "business_date"])
+    with_settings = customer_days.lazy().join(day_settings.lazy(), on=["facility_id", "business_date"])
     with_reasons = billable_rules.with_reasons(with_settings, due.lazy(), last_attempts.lazy(), qualifying.lazy()).collect()
     owed = balances(conn, night, with_reasons.select("customer_id", "business_date", "run_at"))
     candidates = billable_rules.with_balance(with_reasons.lazy(), owed.lazy()).collect()

@@ -13,7 +13,6 @@ from functools import cached_property
 import polars as pl
 
 from billing_pipeline.inputs.load import Inputs
-from billing_pipeline.rules import billable as billable_rules
 from billing_pipeline.rules import contract_status, dues, prebilling
 
 
@@ -97,14 +96,10 @@ class Night:
     @cached_property
     def customer_days(self) -> pl.DataFrame:
         """The batch's customers (by home facility): customer_id, facility_id, business_date. Their
-        facility's settings are joined where needed (`day_settings`): on 8M customers they weigh 1 GiB."""
+        facility's settings are joined where needed (`facility_day_settings`): on 8M customers they
+        weigh 1 GiB."""
         days = self.facility_days.select("facility_id", "business_date")
         return self.inputs.customers.lazy().select("customer_id", "facility_id").join(days.lazy(), on="facility_id").collect()
-
-    @cached_property
-    def day_settings(self) -> pl.DataFrame:
-        """Each facility-day with its run instant and the facility's billing settings."""
-        return billable_rules.facility_day_settings(self.facility_days.lazy(), self.inputs.facilities.lazy()).collect()
 
     @cached_property
     def customer_contracts(self) -> pl.DataFrame:

@@ -31,13 +31,32 @@ BILLING_SETTINGS = ["sweep_mode", "rolling_sweep_days", "retry_declined_after_da
 def facility_day_settings(facility_days: pl.LazyFrame, facilities: pl.LazyFrame) -> pl.LazyFrame:
     """Each facility-day with the facility's settings that decide who is billed, and
     `fixed_sweep_today`, worked out once per facility-day rather than once per customer. Only
-    these columns: the frame is joined to every customer (8M rows at the largest chains)."""
-    days = facility_days.select(pl.col("facility_id", "business_date"), pl.selectors.by_name("run_at", require_all=False))
+    these columns: the frame is joined to every customer (8M rows at the largest chains).
+
+    A fixed sweep day on which the facility did not bill (its night missed, or its billing
+    refused because a later day billed first) is swept by its next billing: with
+    `last_billed_date` (the facility's latest earlier business date whose billing finished),
+    `fixed_sweep_today` holds when any day after it, up to D, is a sweep day; without one (the
+    facility's first billing) only D counts.
+    """
+    days = facility_days.select(pl.col("facility_id", "business_date"),
+                                pl.selectors.by_name("run_at", "last_billed_date", require_all=False))
+    d = pl.col("business_date")
+    since = (pl.col("last_billed_date").cast(pl.Date) + pl.duration(days=1)) if "last_billed_date" in days.collect_schema() else d
+    # A date or a few per facility-day (a missed night or two): the dates since the last billing.
+    sweep_today = (
+        days.join(facilities.select("facility_id", "fixed_sweep_days", "sweep_mode"), on="facility_id")
+        .filter(pl.col("sweep_mode") == "fixed")
+        .with_columns(pl.date_ranges(pl.coalesce(since, d), d).alias("_day"))
+        .explode("_day")
+        .group_by("facility_id", "business_date")
+        .agg(is_fixed_sweep_day(pl.col("_day"), pl.col("fixed_sweep_days")).any().alias("fixed_sweep_today"))
+    )
     return (
-        days.join(facilities.select("facility_id", "fixed_sweep_days", *BILLING_SETTINGS), on="facility_id")
-        .with_columns(((pl.col("sweep_mode") == "fixed")
-                       & is_fixed_sweep_day(pl.col("business_date"), pl.col("fixed_sweep_days"))).alias("fixed_sweep_today"))
-        .drop("fixed_sweep_days")
+        days.drop("last_billed_date", strict=False)
+        .join(facilities.select("facility_id", *BILLING_SETTINGS), on="facility_id")
+        .join(sweep_today, on=["facility_id", "business_date"], how="left")
+        .with_columns(pl.col("fixed_sweep_today").fill_null(False))
     )
 
 
