@@ -110,8 +110,9 @@ def run(data: Path, db: Path, date: dt.date, through: dt.date | None, facility: 
         fail("the ledger check failed: see the ledger and customer_balances tables", EXIT_LEDGER)
     blocked = [day for s in summaries for day in s.blocked_facility_days]
     if blocked:
-        fail(f"billing blocked by the pre-billing checks for {len(blocked)} facility-days "
-             f"({', '.join(blocked[:5])}{'...' if len(blocked) > 5 else ''}): dues posted, no one charged; "
+        fail(f"billing blocked by the pre-billing checks for {len(blocked)} facility-day{'s' * (len(blocked) > 1)} "
+             f"({', '.join(blocked[:5])}{'...' if len(blocked) > 5 else ''}): their dues posted, none of their "
+             "customers charged (the other facility-days billed); "
              "see tables billing_blocks, duplicate_contracts, recurring_dues_without_payment_method", EXIT_BLOCKED)
 
 

@@ -151,6 +151,14 @@ def test_block_posts_dues_and_charges_no_one(tmp_path):
         holds = dict(conn.sql("SELECT customer_id, hold_reason FROM billable_customers").fetchall())
         assert conn.execute("SELECT count(*) FROM charge_requests").fetchone() == (0,)
     assert holds == {"C1": "billing_blocked", "C2": "no_payment_method"}
+    # The command line says which facility-days were blocked and exits 3.
+    from click.testing import CliRunner
+
+    from billing_pipeline.cli import main
+
+    result = CliRunner().invoke(main, ["run", "--data", str(data), "--db", str(db), "--date", "2026-01-01"])
+    assert result.exit_code == 3, result.output
+    assert "billing blocked by the pre-billing checks for 1 facility-day (F1 2026-01-01)" in result.output
     # With a higher threshold the same day bills C1; C2 stays held.
     [summary] = run(data, db, D(2026, 1, 1), D(2026, 1, 1), max_flagged_share=0.6)
     assert summary.blocked_facility_days == [] and summary.approved == 1
