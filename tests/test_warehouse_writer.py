@@ -103,3 +103,20 @@ def test_a_symlink_to_the_warehouse_writes_the_file_it_points_to(tmp_path):
     with Warehouse(link).connect() as conn:
         conn.execute("INSERT INTO t VALUES (3)")
     assert link.is_symlink() and rows(link) == rows(warehouse.path) == 4
+
+
+def test_a_warehouse_beside_another_of_the_same_stem_is_refused(tmp_path):
+    """chain.duckdb and chain.db would share chain.writer.duckdb: the second is refused, by name."""
+    with Warehouse(tmp_path / "chain.db").connect() as conn:
+        conn.execute("CREATE TABLE t (i BIGINT)")
+    (tmp_path / "chain.csv").write_text("not a warehouse\n")
+    (tmp_path / "chain.notes").mkdir()
+    with pytest.raises(ValueError, match="chain.db and chain.duckdb .* both DuckDB files named 'chain'"):
+        with Warehouse(tmp_path / "chain.duckdb").connect():
+            pass
+    assert not (tmp_path / "chain.duckdb").exists()
+    # Its own side files, a CSV or a folder of the same stem, and a longer name are no clash.
+    with Warehouse(tmp_path / "chain.db").connect() as conn:
+        assert conn.execute("SELECT count(*) FROM t").fetchall() == [(0,)]
+    with Warehouse(tmp_path / "chain.backup.duckdb").connect():
+        pass

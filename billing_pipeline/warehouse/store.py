@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import glob
 import os
 import re
 import shutil
@@ -43,6 +44,19 @@ from billing_pipeline.warehouse.state import CATCH_UPS
 # charges: 0.13 s, rising to 0.43 s; 0.08 s without); a step checkpoints once, before it
 # publishes (10M first night 46.6 -> 41.0 s, next night 28.7 -> 25.0 s).
 CONNECTION_CONFIG = {"allocator_background_threads": True, "checkpoint_threshold": "64GB"}
+
+
+class WarehouseNameClash(ValueError):
+    """Two warehouses whose side files would be the same."""
+
+
+def _is_duckdb_file(path: Path) -> bool:
+    """DuckDB's header: a checksum, then the magic bytes DUCK."""
+    try:
+        with path.open("rb") as f:
+            return f.read(12)[8:12] == b"DUCK"
+    except OSError:  # a folder, a file gone meanwhile
+        return False
 
 
 class Warehouse:
@@ -70,6 +84,7 @@ class Warehouse:
         Not re-entrant: a second `connect` of the same warehouse inside the first, in the same
         thread, would wait for itself, so it is refused (another thread waits its turn)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._refuse_a_warehouse_of_the_same_stem()
         with _not_held_by_this_thread(self.lock_path, self.path):  # self.path is resolved
             lock = FileLock(self.lock_path)
             try:
@@ -86,13 +101,23 @@ class Warehouse:
             finally:
                 lock.release()
 
+    def _refuse_a_warehouse_of_the_same_stem(self) -> None:
+        """`chain.duckdb` beside `chain.db`: the side files are named by the stem, so the two would
+        share one writer copy, lock and gateway record, and one would publish the other's tables."""
+        for other in self.path.parent.glob(f"{glob.escape(self.path.stem)}.*"):
+            if other.stem == self.path.stem and other != self.path and _is_duckdb_file(other):
+                raise WarehouseNameClash(
+                    f"{other.name} and {self.path.name} in {self.path.parent} are both DuckDB files named "
+                    f"'{self.path.stem}': they would share one writer copy ({self.writer_path.name}), lock and "
+                    "gateway record; give each warehouse its own name")
+
     def _clear_leftovers(self) -> None:
         """What a killed writer may have left (under the lock, so nobody is writing them): a
         publish copy cut short, and a writer copy cut short."""
         # This warehouse's own (older versions named the publish copy by the writer's pid), not
         # those of a warehouse whose name merely starts with this one's.
         own = re.compile(rf"\.{re.escape(self.path.name)}\.(publish|\d+)\.tmp")
-        for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+        for tmp in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
             if own.fullmatch(tmp.name) and tmp.is_file():
                 tmp.unlink(missing_ok=True)
         self._writer_copy_tmp.unlink(missing_ok=True)
