@@ -120,3 +120,14 @@ def test_a_warehouse_beside_another_of_the_same_stem_is_refused(tmp_path):
         assert conn.execute("SELECT count(*) FROM t").fetchall() == [(0,)]
     with Warehouse(tmp_path / "chain.backup.duckdb").connect():
         pass
+
+
+def test_the_holder_is_named_while_writing_and_forgotten_after(tmp_path):
+    """A waiter reads who holds the lock: never a writer that has already finished."""
+    warehouse = Warehouse(tmp_path / "billing.duckdb")
+    with warehouse.connect():
+        assert warehouse.holder_path.read_text().startswith(f"pid {os.getpid()} (")
+    assert not warehouse.holder_path.exists()
+    with pytest.raises(RuntimeError), warehouse.connect():
+        raise RuntimeError("a step fails")
+    assert not warehouse.holder_path.exists()

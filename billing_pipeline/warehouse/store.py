@@ -90,8 +90,7 @@ class Warehouse:
             try:
                 lock.acquire(timeout=0)
             except Timeout:
-                holder = self.holder_path.read_text().strip() if self.holder_path.exists() else "another process"
-                echo(f"waiting for {holder} to finish writing {self.path}")
+                echo(f"waiting for {self._holder()} to finish writing {self.path}")
                 lock.acquire()
             try:
                 self.holder_path.write_text(f"pid {os.getpid()} ({' '.join(sys.argv[:2])}), writing since "
@@ -99,7 +98,15 @@ class Warehouse:
                 self._clear_leftovers()
                 yield
             finally:
+                # Gone before the lock is let go: a waiter never names a writer that has finished.
+                self.holder_path.unlink(missing_ok=True)
                 lock.release()
+
+    def _holder(self) -> str:
+        try:
+            return self.holder_path.read_text().strip() or "another process"
+        except FileNotFoundError:  # not written yet by the new holder, or just removed by the old one
+            return "another process"
 
     def _refuse_a_warehouse_of_the_same_stem(self) -> None:
         """`chain.duckdb` beside `chain.db`: the side files are named by the stem, so the two would
