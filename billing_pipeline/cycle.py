@@ -184,12 +184,12 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
     customer_days = night.customer_days
     runs = home_runs(conn, night.facility_days)
     day_settings = billable_rules.facility_day_settings(
-        runs.select("facility_id", "business_date", "run_at", pl.col("previous_business_date").alias("last_billed_date"))
-        .lazy(), night.inputs.facilities.lazy()).collect()
+        runs.join(sweep_from(conn, runs), on=["facility_id", "business_date"]).lazy(),
+        night.inputs.facilities.lazy()).collect()
     # Only a retry or a rolling sweep looks at past attempts: the customers of facilities with
     # neither are left out of that query (it reads every attempt and billed day of the rest).
     looks_back = day_settings.filter(pl.col("retry_declined_after_days").is_not_null()
-                                           | (pl.col("sweep_mode") == "rolling"))
+                                     | (pl.col("sweep_mode") == "rolling"))
     keys = customer_days.join(looks_back.select("facility_id", "business_date"), on=["facility_id", "business_date"],
                               how="semi").select("customer_id", "business_date")
     # Tonight's dues of a customer: those posted by every facility-day (at any facility, in any
@@ -340,6 +340,22 @@ def dues_since(conn: duckdb.DuckDBPyConnection, runs: pl.DataFrame) -> dt.date:
         if late[0] is not None:
             since = min(since, late[0])
     return since
+
+
+def sweep_from(conn: duckdb.DuckDBPyConnection, runs: pl.DataFrame) -> pl.DataFrame:
+    """Each facility-day's first date whose fixed sweep day its billing makes up for: the day
+    after the facility's last earlier day whose billing finished; with none, its earliest earlier
+    day whose dues posted and whose billing never finished (a first billing killed, then refused
+    once this day billed); else D alone. The same on a rerun: an earlier day never bills after a
+    later one (`refuse_superseded_billing`), nor runs at all (`refuse_superseded_days`)."""
+    return query(conn, """
+        SELECT r.facility_id, r.business_date,
+               coalesce(r.previous_business_date + 1, min(p.business_date), r.business_date) AS sweep_from
+        FROM _runs r LEFT JOIN processed_days p
+          ON p.facility_id = r.facility_id AND p.business_date < r.business_date
+             AND p.dues_first_posted_at IS NOT NULL AND p.billed_first_at IS NULL
+        GROUP BY r.facility_id, r.business_date, r.previous_business_date""",
+                 _runs=runs.select("facility_id", "business_date", "previous_business_date"))
 
 
 def home_runs(conn: duckdb.DuckDBPyConnection, facility_days: pl.DataFrame) -> pl.DataFrame:

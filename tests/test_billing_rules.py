@@ -28,24 +28,25 @@ DAY = D(2026, 4, 15)
 KEYS = {"customer_id": pl.String, "business_date": pl.Date}
 
 
-def customer_days(day: dt.date, customer_ids: list[str], last_billed: dt.date | None = None,
+def customer_days(day: dt.date, customer_ids: list[str], sweep_from: dt.date | None = None,
                   **settings_) -> pl.DataFrame:
     """As the cycle builds them: customers of the facility-day with the facility's billing settings
-    (`last_billed`: the facility's latest earlier business date whose billing finished)."""
+    (`sweep_from`: the first date whose fixed sweep day the billing makes up for; None: D alone)."""
     fac = pl.DataFrame([facility(**settings_)], schema=TABLES["facilities"].dtypes)
     cust = pl.DataFrame([customer(c) for c in customer_ids], schema=TABLES["customers"].dtypes)
-    days = pl.DataFrame({"facility_id": ["F1"], "business_date": [day], "last_billed_date": [last_billed]},
-                        schema={"facility_id": pl.String, "business_date": pl.Date, "last_billed_date": pl.Date})
+    days = pl.DataFrame({"facility_id": ["F1"], "business_date": [day], "run_at": [None], "sweep_from": [sweep_from]},
+                        schema={"facility_id": pl.String, "business_date": pl.Date,
+                                "run_at": pl.Datetime("us", "UTC"), "sweep_from": pl.Date})
     settings = rules.facility_day_settings(days.lazy(), fac.lazy())
     return cust.lazy().select("customer_id", "facility_id").join(settings, on="facility_id").collect()
 
 
 def billable(day: dt.date = DAY, *, balance: dict[str, int], due: dict[str, tuple[int, int]] | None = None,
              last: dict[str, tuple[dt.date, str]] | None = None, qualifying: set[str] | None = None,
-             last_billed: dt.date | None = None, **settings_) -> dict[str, tuple[list[str], int]]:
+             sweep_from: dt.date | None = None, **settings_) -> dict[str, tuple[list[str], int]]:
     """customer -> (reasons, balance_cents) of those who would be billed on `day` before holds."""
     ids = sorted(balance)
-    days = customer_days(day, ids, last_billed, **settings_)
+    days = customer_days(day, ids, sweep_from, **settings_)
     balances = pl.DataFrame({"customer_id": ids, "business_date": [day] * len(ids),
                              "balance_cents": [balance[c] for c in ids]}, schema={**KEYS, "balance_cents": pl.Int64})
     due = due or {}
@@ -121,17 +122,18 @@ def test_sweep_fixed_needs_sweep_mode_fixed():
                                              fixed_sweep_days="15", rolling_sweep_days=30) or [])
 
 
-@pytest.mark.parametrize("day, last_billed, sweep_days, expected", [
-    (D(2026, 4, 16), D(2026, 4, 14), "15", True),    # the 15th did not bill: the 16th sweeps
-    (D(2026, 4, 16), D(2026, 4, 15), "15", False),   # the 15th billed, and swept
-    (D(2026, 4, 16), None, "15", False),             # the facility's first billing: D alone counts
-    (D(2026, 4, 15), D(2026, 4, 14), "15", True),    # D itself, as every night
-    (D(2026, 5, 1), D(2026, 4, 29), "31", True),     # the 30th (31 in a 30-day month) did not bill
-    (D(2026, 5, 2), D(2026, 4, 30), "31", False),
-    (D(2026, 4, 20), D(2026, 3, 20), "1", True),     # a month without billing: the 1st was missed
+@pytest.mark.parametrize("day, sweep_from, sweep_days, expected", [
+    (D(2026, 4, 16), D(2026, 4, 15), "15", True),    # the 15th did not bill: the 16th sweeps
+    (D(2026, 4, 16), D(2026, 4, 16), "15", False),   # the 15th billed, and swept
+    (D(2026, 4, 16), None, "15", False),             # D alone
+    (D(2026, 4, 15), D(2026, 4, 15), "15", True),    # D itself, as every night
+    (D(2026, 5, 1), D(2026, 4, 30), "31", True),     # the 30th (31 in a 30-day month) did not bill
+    (D(2026, 5, 2), D(2026, 5, 1), "31", False),
+    (D(2026, 4, 20), D(2026, 3, 21), "1", True),     # a month without billing: the 1st was missed
+    (D(2026, 4, 20), D(2025, 1, 1), "1", True),      # over a year: as over its last 62 days
 ])
-def test_sweep_fixed_missed_since_the_last_billing_is_swept_by_the_next(day, last_billed, sweep_days, expected):
-    got = reasons(day=day, last_billed=last_billed, balance={"C1": 1200}, sweep_mode="fixed",
+def test_sweep_fixed_missed_since_the_last_billing_is_swept_by_the_next(day, sweep_from, sweep_days, expected):
+    got = reasons(day=day, sweep_from=sweep_from, balance={"C1": 1200}, sweep_mode="fixed",
                   fixed_sweep_days=sweep_days)
     assert (got == ["sweep_fixed"]) is expected, got
 
@@ -142,20 +144,21 @@ def python_sweep_day(d: dt.date, sweep_days: list[int]) -> bool:
 
 
 @settings(max_examples=150, deadline=None)
-@given(days=st.lists(st.tuples(st.dates(D(2024, 1, 1), D(2029, 12, 31)), st.none() | st.integers(1, 75),
+@given(days=st.lists(st.tuples(st.dates(D(2024, 1, 1), D(2029, 12, 31)), st.none() | st.integers(0, 400),
                                st.lists(st.integers(1, 31), min_size=1, max_size=4)), min_size=1, max_size=20))
-def test_fixed_sweep_today_is_a_sweep_day_since_the_last_billing(days):
-    """Against plain Python: a day past the month's end means its last day; every date after the
-    last billing up to D counts (D alone without one)."""
-    rows = [dict(facility_id=f"F{i}", business_date=d, last_billed_date=d - dt.timedelta(days=gap) if gap else None,
-                 fixed_sweep_days=";".join(map(str, s))) for i, (d, gap, s) in enumerate(days)]
+def test_fixed_sweep_today_is_a_sweep_day_since_sweep_from(days):
+    """Against plain Python over every date: a day past the month's end means its last day; every
+    date from sweep_from up to D counts (D alone without one)."""
+    rows = [dict(facility_id=f"F{i}", business_date=d, run_at=None,
+                 sweep_from=d - dt.timedelta(days=back) if back is not None else None,
+                 fixed_sweep_days=";".join(map(str, s))) for i, (d, back, s) in enumerate(days)]
     fac = pl.DataFrame([facility(facility_id=r["facility_id"], sweep_mode="fixed", fixed_sweep_days=r["fixed_sweep_days"])
                         for r in rows], schema=TABLES["facilities"].dtypes)
-    frame = pl.DataFrame(rows).select("facility_id", "business_date", "last_billed_date")
+    frame = pl.DataFrame(rows, schema_overrides={"sweep_from": pl.Date, "run_at": pl.Datetime("us", "UTC")})
     got = dict(rules.facility_day_settings(frame.lazy(), fac.lazy()).select("facility_id", "fixed_sweep_today")
                .collect().iter_rows())
-    for (d, gap, s), r in zip(days, rows):
-        since = d - dt.timedelta(days=gap - 1) if gap else d
+    for (d, back, s), r in zip(days, rows):
+        since = d - dt.timedelta(days=back) if back is not None else d
         span = [since + dt.timedelta(days=k) for k in range((d - since).days + 1)]
         assert got[r["facility_id"]] is any(python_sweep_day(x, s) for x in span), (d, gap, s)
 

@@ -283,20 +283,21 @@ def test_a_skipped_day_run_after_a_later_day_is_refused_and_charges_no_one_twice
     assert snapshot(db)["ledger"].equals(before["ledger"])
 
 
-@pytest.mark.parametrize("the_15th", ["billed", "missed", "billing_never_finished"])
+@pytest.mark.parametrize("the_15th", ["billed", "missed", "billing_never_finished", "first_billing_never_finished"])
 def test_a_fixed_sweep_day_that_did_not_bill_is_swept_by_the_next_billing(tmp_path, the_15th):
     """Sweeps on the 15th; C1 owes an open charge and has no dues in April. Whether the 15th's
-    night was missed or its billing never finished (and is refused once the 16th has billed), the
-    16th sweeps C1, once."""
+    night was missed or its billing never finished (and is refused once the 16th has billed),
+    even on the facility's first night, the 16th sweeps C1, once; a rerun of the 16th again."""
     data = write_export(tmp_path / "data", facilities=[facility(sweep_mode="fixed", fixed_sweep_days="15")],
                         contracts=[contract("K1", start_date=D(2026, 4, 20))],
                         charges=[dict(charge_id="CH1", customer_id="C1", facility_id="F1", product_id="RETAIL",
                                       amount_cents=1000, posted_date=D(2026, 4, 1), due_date=D(2026, 4, 5))])
     db = tmp_path / "billing.duckdb"
-    run(data, db, D(2026, 4, 14), D(2026, 4, 14))
+    if the_15th != "first_billing_never_finished":
+        run(data, db, D(2026, 4, 14), D(2026, 4, 14))
     if the_15th == "billed":
         run(data, db, D(2026, 4, 15), D(2026, 4, 15))
-    elif the_15th == "billing_never_finished":  # killed after posting its dues
+    elif the_15th.endswith("billing_never_finished"):  # killed after posting its dues
         from billing_pipeline import cycle
         from billing_pipeline.facility_clock import facility_days_for_date
         from billing_pipeline.inputs.load import load_inputs
@@ -309,6 +310,9 @@ def test_a_fixed_sweep_day_that_did_not_bill_is_swept_by_the_next_billing(tmp_pa
             cycle.maintenance(conn, night)
             cycle.post_dues(conn, night)
     run(data, db, D(2026, 4, 16), D(2026, 4, 16))
+    before = snapshot(db)
+    run(data, db, D(2026, 4, 16), D(2026, 4, 16))
+    assert all(before[name].equals(table) for name, table in snapshot(db).items())
     with duckdb.connect(str(db), read_only=True) as conn:
         billed = conn.sql("SELECT business_date, reasons, balance_cents FROM billable_customers ORDER BY 1").fetchall()
         swept = conn.sql("SELECT business_date, reason FROM sweep_candidates ORDER BY 1").fetchall()

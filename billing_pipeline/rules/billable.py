@@ -33,27 +33,27 @@ def facility_day_settings(facility_days: pl.LazyFrame, facilities: pl.LazyFrame)
     `fixed_sweep_today`, worked out once per facility-day rather than once per customer. Only
     these columns: the frame is joined to every customer (8M rows at the largest chains).
 
-    A fixed sweep day on which the facility did not bill (its night missed, or its billing
-    refused because a later day billed first) is swept by its next billing: with
-    `last_billed_date` (the facility's latest earlier business date whose billing finished),
-    `fixed_sweep_today` holds when any day after it, up to D, is a sweep day; without one (the
-    facility's first billing) only D counts.
+    facility_days: facility_id, business_date, run_at, and `sweep_from`: the first date whose
+    fixed sweep day this billing makes up for (see `cycle.sweep_from`; null: D alone). A sweep day
+    on which the facility did not bill (its night missed, or its billing never finished and was
+    refused once a later day billed) is swept by its next billing: `fixed_sweep_today` holds when
+    any day from `sweep_from` to D is a sweep day.
     """
-    days = facility_days.select(pl.col("facility_id", "business_date"),
-                                pl.selectors.by_name("run_at", "last_billed_date", require_all=False))
     d = pl.col("business_date")
-    since = (pl.col("last_billed_date").cast(pl.Date) + pl.duration(days=1)) if "last_billed_date" in days.collect_schema() else d
-    # A date or a few per facility-day (a missed night or two): the dates since the last billing.
+    # Any 31 days in a row hold every listed day (or its month's last day): further back changes
+    # nothing, and the dates to look at stay a month or two per facility-day.
+    first = pl.coalesce(pl.col("sweep_from").cast(pl.Date), d).clip(lower_bound=d - pl.duration(days=62))
     sweep_today = (
-        days.join(facilities.select("facility_id", "fixed_sweep_days", "sweep_mode"), on="facility_id")
+        facility_days.select("facility_id", "business_date", "sweep_from")
+        .join(facilities.select("facility_id", "fixed_sweep_days", "sweep_mode"), on="facility_id")
         .filter(pl.col("sweep_mode") == "fixed")
-        .with_columns(pl.date_ranges(pl.coalesce(since, d), d).alias("_day"))
+        .with_columns(pl.date_ranges(first, d).alias("_day"))
         .explode("_day")
         .group_by("facility_id", "business_date")
         .agg(is_fixed_sweep_day(pl.col("_day"), pl.col("fixed_sweep_days")).any().alias("fixed_sweep_today"))
     )
     return (
-        days.drop("last_billed_date", strict=False)
+        facility_days.select("facility_id", "business_date", "run_at")
         .join(facilities.select("facility_id", *BILLING_SETTINGS), on="facility_id")
         .join(sweep_today, on=["facility_id", "business_date"], how="left")
         .with_columns(pl.col("fixed_sweep_today").fill_null(False))
