@@ -395,6 +395,7 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
     with transaction(conn):
         new = query(conn, "SELECT p.* FROM _planned p ANTI JOIN charge_requests r USING (idempotency_key)",
                     _planned=planned)
+        new = without_overtaken_holds(conn, new)
         insert(conn, "charge_requests", new.with_columns(pl.lit(dt.datetime.now(dt.timezone.utc)).alias("requested_at")),
                key="idempotency_key")
         execute(conn, """INSERT INTO unanswered_charge_days SELECT DISTINCT facility_id, business_date FROM _new
@@ -423,6 +424,25 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
         SELECT a.* FROM billing_attempts a JOIN _days d USING (facility_id, business_date)
         ORDER BY idempotency_key""", _days=days.select("facility_id", "business_date"))
     return attempts, sent
+
+
+def without_overtaken_holds(conn: duckdb.DuckDBPyConnection, new: pl.DataFrame) -> pl.DataFrame:
+    """The new requests less those of customers whom another day's charge now holds
+    (`charge_holds`), which billable_customers then says. The holds were decided when the
+    billable customers were selected: charging retried alone (Dagster's re-execute from failure)
+    after a later day charged them would charge them twice."""
+    if new.is_empty():
+        return new
+    overtaken = charge_holds(conn, new).filter(pl.col("charge_pending") | pl.col("billed_later"))
+    if overtaken.is_empty():
+        return new
+    execute(conn, """
+        UPDATE billable_customers b
+        SET hold_reason = CASE WHEN o.charge_pending THEN 'charge_pending' ELSE 'billed_later' END
+        FROM _overtaken o
+        WHERE b.customer_id = o.customer_id AND b.business_date = o.business_date AND b.hold_reason IS NULL""",
+            _overtaken=overtaken)
+    return new.join(overtaken, on=["customer_id", "business_date"], how="anti")
 
 
 def record_outcomes(conn: duckdb.DuckDBPyConnection, outcomes: pl.DataFrame) -> None:

@@ -395,6 +395,24 @@ def test_a_home_day_whose_charging_failed_holds_whom_the_next_day_charged(tmp_pa
     assert billed_and_charged(db)[1] == [(D(2026, 3, 3), 10000, "approved")]
 
 
+def test_charging_retried_alone_after_the_next_day_charged_holds_whom_it_charged(tmp_path, monkeypatch):
+    """As above, but only D's failed charging step is re-executed (Dagster's re-execute from
+    failure), not its billable customers: C1 is held there too, and charged once."""
+    from assets.billing import BILLING_ATTEMPTS, FAILED_BILLING_EVENTS
+
+    defs, instance, ny, db = new_york_member_billed_on_two_days(tmp_path)
+    restore = failing(monkeypatch, "charge")
+    assert not execute(defs, ny[0], instance).success
+    restore()
+    assert execute(defs, ny[1], instance).success
+    result = defs.resolve_job_def(NIGHTLY_JOB).execute_in_process(
+        partition_key=ny[0], instance=instance, raise_on_error=False,
+        asset_selection=[BILLING_ATTEMPTS, FAILED_BILLING_EVENTS])
+    assert result.success
+    assert holds(db) == [(D(2026, 3, 2), "C1", "billed_later", 5000), (D(2026, 3, 3), "C1", None, 10000)]
+    assert billed_and_charged(db)[1] == [(D(2026, 3, 3), 10000, "approved")]
+
+
 def test_a_day_rerun_late_charges_whom_the_next_day_did_not_bill(tmp_path, monkeypatch):
     """C1's only dues are D's; New York's D fails in charging, D+1 (no reason to bill C1) runs,
     then D is rerun: C1 is charged then, once (not left owing until dues that never come)."""
