@@ -110,9 +110,11 @@ def run(data: Path, db: Path, date: dt.date, through: dt.date | None, facility: 
         fail("the ledger check failed: see the ledger and customer_balances tables", EXIT_LEDGER)
     blocked = [day for s in summaries for day in s.blocked_facility_days]
     if blocked:
-        fail(f"billing blocked by the pre-billing checks for {len(blocked)} facility-day{'s' * (len(blocked) > 1)} "
+        billed = sum(s.facility_days for s in summaries) - len(blocked)
+        days = "facility-day" if len(blocked) == 1 else "facility-days"
+        fail(f"billing blocked by the pre-billing checks for {len(blocked)} {days} "
              f"({', '.join(blocked[:5])}{'...' if len(blocked) > 5 else ''}): their dues posted, none of their "
-             "customers charged (the other facility-days billed); "
+             f"customers charged{f' (the other {billed} billed)' if billed else ''}; "
              "see tables billing_blocks, duplicate_contracts, recurring_dues_without_payment_method", EXIT_BLOCKED)
 
 

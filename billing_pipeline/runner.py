@@ -46,9 +46,10 @@ def run_dates(data: Path, db: Path, first: dt.date, last: dt.date, facility: str
     inputs = load_inputs(data)
     if facility is not None and inputs.facilities.filter(pl.col("facility_id") == facility).height == 0:
         raise LookupError(f"facility {facility} is not in {data}/facilities")
+    warehouse = Warehouse(db)
+    warehouse.refuse_a_clash()  # before the gateway record, named by the same stem, is opened
     gateway = SimulatedGateway(options.gateway_state or default_gateway_state(db), latency_s=options.latency_s,
                                decline_rate=options.decline_rate)
-    warehouse = Warehouse(db)
     summaries = []
     try:
         day = first

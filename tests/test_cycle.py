@@ -159,6 +159,18 @@ def test_block_posts_dues_and_charges_no_one(tmp_path):
     result = CliRunner().invoke(main, ["run", "--data", str(data), "--db", str(db), "--date", "2026-01-01"])
     assert result.exit_code == 3, result.output
     assert "billing blocked by the pre-billing checks for 1 facility-day (F1 2026-01-01)" in result.output
+    assert "the other" not in result.output
+    # With a facility of another window that bills, the message says so.
+    both = write_export(tmp_path / "both", facilities=[facility(), facility(facility_id="F2", timezone="America/New_York")],
+                        customers=[customer("C1"), customer("C2"), customer("C3", facility_id="F2")],
+                        contracts=[contract("K1"), contract("K2", customer_id="C2"),
+                                   contract("K3", customer_id="C3", facility_id="F2")],
+                        payment_methods=[card("C1"), card("C3")])
+    result = CliRunner().invoke(main, ["run", "--data", str(both), "--db", str(tmp_path / "both.duckdb"),
+                                       "--date", "2026-01-01"])
+    assert result.exit_code == 3, result.output
+    assert "for 1 facility-day (F1 2026-01-01): their dues posted, none of their customers charged (the other 1 " \
+           "billed)" in result.output
     # With a higher threshold the same day bills C1; C2 stays held.
     [summary] = run(data, db, D(2026, 1, 1), D(2026, 1, 1), max_flagged_share=0.6)
     assert summary.blocked_facility_days == [] and summary.approved == 1

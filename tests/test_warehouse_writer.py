@@ -1,6 +1,7 @@
 """The writer copy and its publish survive a killed writer: what it left is cleared or never used."""
 
 import os
+import shutil
 import threading
 import time
 import subprocess
@@ -106,20 +107,38 @@ def test_a_symlink_to_the_warehouse_writes_the_file_it_points_to(tmp_path):
 
 
 def test_a_warehouse_beside_another_of_the_same_stem_is_refused(tmp_path):
-    """chain.duckdb and chain.db would share chain.writer.duckdb: the second is refused, by name."""
+    """chain.duckdb and chain.db (or a bare chain) would share chain.writer.duckdb: the one that
+    wrote first owns the side files, the other is refused, by name, and writes nothing."""
     with Warehouse(tmp_path / "chain.db").connect() as conn:
         conn.execute("CREATE TABLE t (i BIGINT)")
-    (tmp_path / "chain.csv").write_text("not a warehouse\n")
-    (tmp_path / "chain.notes").mkdir()
-    with pytest.raises(ValueError, match="chain.db and chain.duckdb .* both DuckDB files named 'chain'"):
-        with Warehouse(tmp_path / "chain.duckdb").connect():
+    for name in ("chain.duckdb", "chain"):
+        with pytest.raises(ValueError, match=f"{name} and chain.db in .* would share one writer copy"):
+            with Warehouse(tmp_path / name).connect():
+                pass
+        assert not (tmp_path / name).exists()
+    # A backup copy, a symlink to the warehouse, and a longer name are no clash.
+    shutil.copy(tmp_path / "chain.db", tmp_path / "chain.bak")
+    (tmp_path / "chain.link").symlink_to(tmp_path / "chain.db")
+    for name in ("chain.db", "chain.link", "chain.backup.duckdb"):
+        with Warehouse(tmp_path / name).connect():
             pass
-    assert not (tmp_path / "chain.duckdb").exists()
-    # Its own side files, a CSV or a folder of the same stem, and a longer name are no clash.
-    with Warehouse(tmp_path / "chain.db").connect() as conn:
+    # Once the owner is gone (renamed), the side files go to the name that writes next.
+    (tmp_path / "chain.db").rename(tmp_path / "chain.duckdb")
+    with Warehouse(tmp_path / "chain.duckdb").connect() as conn:
         assert conn.execute("SELECT count(*) FROM t").fetchall() == [(0,)]
-    with Warehouse(tmp_path / "chain.backup.duckdb").connect():
+    assert (tmp_path / "chain.writer.owner").read_text() == "chain.duckdb\n"
+
+
+def test_a_refused_run_opens_no_gateway_record(tmp_path):
+    from billing_pipeline.runner import RunOptions, run_dates
+    from tests.factories import D, write_export
+
+    data = write_export(tmp_path / "data")
+    with Warehouse(tmp_path / "chain.db").connect():
         pass
+    with pytest.raises(ValueError, match="would share one writer copy"):
+        run_dates(data, tmp_path / "chain.duckdb", D(2026, 1, 1), D(2026, 1, 1), None, RunOptions(), echo=print)
+    assert not (tmp_path / "chain.gateway.sqlite").exists()
 
 
 def test_the_holder_is_named_while_writing_and_forgotten_after(tmp_path):

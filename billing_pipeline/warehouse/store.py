@@ -50,15 +50,6 @@ class WarehouseNameClash(ValueError):
     """Two warehouses whose side files would be the same."""
 
 
-def _is_duckdb_file(path: Path) -> bool:
-    """DuckDB's header: a checksum, then the magic bytes DUCK."""
-    try:
-        with path.open("rb") as f:
-            return f.read(12)[8:12] == b"DUCK"
-    except OSError:  # a folder, a file gone meanwhile
-        return False
-
-
 class Warehouse:
     def __init__(self, path: str | Path):
         # Resolved: a path that is a symlink to the warehouse writes and publishes the file it
@@ -84,7 +75,6 @@ class Warehouse:
         Not re-entrant: a second `connect` of the same warehouse inside the first, in the same
         thread, would wait for itself, so it is refused (another thread waits its turn)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._refuse_a_warehouse_of_the_same_stem()
         with _not_held_by_this_thread(self.lock_path, self.path):  # self.path is resolved
             lock = FileLock(self.lock_path)
             try:
@@ -95,12 +85,15 @@ class Warehouse:
             try:
                 self.holder_path.write_text(f"pid {os.getpid()} ({' '.join(sys.argv[:2])}), writing since "
                                             f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M:%S} UTC\n")
+                self._own_side_files()
                 self._clear_leftovers()
                 yield
             finally:
                 # Gone before the lock is let go: a waiter never names a writer that has finished.
-                self.holder_path.unlink(missing_ok=True)
-                lock.release()
+                try:
+                    self.holder_path.unlink(missing_ok=True)
+                finally:
+                    lock.release()
 
     def _holder(self) -> str:
         try:
@@ -108,15 +101,31 @@ class Warehouse:
         except FileNotFoundError:  # not written yet by the new holder, or just removed by the old one
             return "another process"
 
-    def _refuse_a_warehouse_of_the_same_stem(self) -> None:
-        """`chain.duckdb` beside `chain.db`: the side files are named by the stem, so the two would
-        share one writer copy, lock and gateway record, and one would publish the other's tables."""
-        for other in self.path.parent.glob(f"{glob.escape(self.path.stem)}.*"):
-            if other.stem == self.path.stem and other != self.path and _is_duckdb_file(other):
-                raise WarehouseNameClash(
-                    f"{other.name} and {self.path.name} in {self.path.parent} are both DuckDB files named "
-                    f"'{self.path.stem}': they would share one writer copy ({self.writer_path.name}), lock and "
-                    "gateway record; give each warehouse its own name")
+    @property
+    def owner_path(self) -> Path:
+        return self.path.with_name(self.path.stem + ".writer.owner")  # which warehouse the side files serve
+
+    def refuse_a_clash(self) -> None:
+        """The side files (writer copy, lock, gateway record) are named by the stem: `chain.duckdb`
+        beside `chain.db` would share them, and one would publish the other's tables. The first
+        warehouse to write owns them (`<stem>.writer.owner`); another name is refused while the
+        owner exists (a backup copy beside it, `chain.bak`, is not a warehouse until it writes)."""
+        try:
+            owner = self.owner_path.read_text().strip()
+        except FileNotFoundError:
+            return
+        other = self.path.with_name(owner)
+        if owner and owner != self.path.name and other.exists() and other.resolve() != self.path:
+            raise WarehouseNameClash(
+                f"{self.path.name} and {owner} in {self.path.parent} would share one writer copy "
+                f"({self.writer_path.name}), lock and gateway record, which belong to {owner} "
+                f"({self.owner_path.name}): give each warehouse its own name (the part before the extension)")
+
+    def _own_side_files(self) -> None:
+        """Under the lock: refuses a clash, then records this warehouse as the owner."""
+        self.refuse_a_clash()
+        if not self.owner_path.exists() or self.owner_path.read_text().strip() != self.path.name:
+            self.owner_path.write_text(self.path.name + "\n")
 
     def _clear_leftovers(self) -> None:
         """What a killed writer may have left (under the lock, so nobody is writing them): a
