@@ -298,28 +298,33 @@ def window_neighbours(conn: duckdb.DuckDBPyConnection, night: Night) -> pl.DataF
 
 def charge_holds(conn: duckdb.DuckDBPyConnection, candidates: pl.DataFrame) -> pl.DataFrame:
     """Customers not to charge today because of their other days' charges (rare: a day killed
-    while charging, or rerun after a later one):
+    while charging, or rerun, or its charging retried, after a later one):
     charge_pending  an earlier day's charge is written but has no outcome: it may have gone
                     through; rerunning that day sends it and settles it
-    billed_later    a later day already charged their whole balance (this day's dues included)
-                    and this day never charged them: charging now would charge them twice.
-    Only two sets of requests can decide these: those of the days listed in
-    `unanswered_charge_days` (every request without an outcome is on one) and those of the
-    batch's dates and later; the rest of the history is not read."""
+    billed_later    a later day selected them to be charged (or charged them) and this day never
+                    charged them: that day counted their whole balance, this day's dues included,
+                    so charging here too would charge them twice.
+    Only three sets can decide these: the requests of the days listed in
+    `unanswered_charge_days` (every request without an outcome is on one), the requests of the
+    batch's dates and later, and the unheld billable customers of later dates; the rest of the
+    history is not read."""
     return query(conn, """
         WITH listed_requests AS (
             SELECT * FROM charge_requests SEMI JOIN unanswered_charge_days USING (facility_id, business_date)),
         listed_attempts AS (
             SELECT idempotency_key FROM billing_attempts SEMI JOIN unanswered_charge_days USING (facility_id, business_date)),
         requests AS (
-            SELECT r.customer_id, r.business_date, a.idempotency_key IS NULL AS unanswered
+            SELECT r.customer_id, r.business_date, a.idempotency_key IS NULL AS unanswered, true AS requested
             FROM listed_requests r LEFT JOIN listed_attempts a USING (idempotency_key)
             UNION ALL
-            SELECT customer_id, business_date, false FROM charge_requests WHERE business_date >= $lo)
+            SELECT customer_id, business_date, false, true FROM charge_requests WHERE business_date >= $lo
+            UNION ALL
+            SELECT customer_id, business_date, false, false FROM billable_customers
+            WHERE business_date > $lo AND hold_reason IS NULL)
         SELECT k.customer_id, k.business_date,
                bool_or(r.business_date < k.business_date AND r.unanswered) AS charge_pending,
-               bool_or(r.business_date > k.business_date) AND NOT bool_or(r.business_date = k.business_date)
-                   AS billed_later
+               bool_or(r.business_date > k.business_date)
+                   AND NOT bool_or(r.business_date = k.business_date AND r.requested) AS billed_later
         FROM _keys k JOIN requests r USING (customer_id)
         GROUP BY ALL""", params={"lo": candidates.get_column("business_date").min()},
                  _keys=candidates.select("customer_id", "business_date"))

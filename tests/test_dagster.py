@@ -395,22 +395,79 @@ def test_a_home_day_whose_charging_failed_holds_whom_the_next_day_charged(tmp_pa
     assert billed_and_charged(db)[1] == [(D(2026, 3, 3), 10000, "approved")]
 
 
-def test_charging_retried_alone_after_the_next_day_charged_holds_whom_it_charged(tmp_path, monkeypatch):
-    """As above, but only D's failed charging step is re-executed (Dagster's re-execute from
-    failure), not its billable customers: C1 is held there too, and charged once."""
+def charging_alone(defs, key, instance):
+    """Re-executes only a partition's charging step (Dagster's re-execute from failure)."""
     from assets.billing import BILLING_ATTEMPTS, FAILED_BILLING_EVENTS
+
+    return defs.resolve_job_def(NIGHTLY_JOB).execute_in_process(
+        partition_key=key, instance=instance, raise_on_error=False,
+        asset_selection=[BILLING_ATTEMPTS, FAILED_BILLING_EVENTS])
+
+
+def charged_in_all(db) -> int:
+    return sum(amount for _, amount, outcome in billed_and_charged(db)[1] if outcome == "approved")
+
+
+def test_charging_retried_alone_after_the_next_day_charged_holds_whom_it_charged(tmp_path, monkeypatch):
+    """As above, but only D's failed charging step is re-executed, not its billable customers:
+    C1 is held there too, charged once, and a full rerun of D afterwards changes nothing."""
+    from tests.test_cycle import snapshot
 
     defs, instance, ny, db = new_york_member_billed_on_two_days(tmp_path)
     restore = failing(monkeypatch, "charge")
     assert not execute(defs, ny[0], instance).success
     restore()
     assert execute(defs, ny[1], instance).success
-    result = defs.resolve_job_def(NIGHTLY_JOB).execute_in_process(
-        partition_key=ny[0], instance=instance, raise_on_error=False,
-        asset_selection=[BILLING_ATTEMPTS, FAILED_BILLING_EVENTS])
-    assert result.success
+    assert charging_alone(defs, ny[0], instance).success
     assert holds(db) == [(D(2026, 3, 2), "C1", "billed_later", 5000), (D(2026, 3, 3), "C1", None, 10000)]
     assert billed_and_charged(db)[1] == [(D(2026, 3, 3), 10000, "approved")]
+    before = snapshot(db)
+    assert execute(defs, ny[0], instance).success
+    assert all(before[name].equals(table) for name, table in snapshot(db).items())
+
+
+@pytest.mark.parametrize("d_again", ["charging_alone", "whole_partition", "cli_facility"])
+def test_a_day_charged_after_the_next_day_selected_its_customers_does_not_charge_them(tmp_path, monkeypatch, d_again):
+    """D and D+1 both fail in charging before writing a request; D+1's billable customers count
+    C1's whole balance (10000, D's 5000 included). D is then charged (its charging step alone, the
+    whole partition, or `run --date D --facility NY`), then D+1's charging step: 10000 in all."""
+    defs, instance, ny, db = new_york_member_billed_on_two_days(tmp_path)
+    restore = failing(monkeypatch, "charge")
+    assert not execute(defs, ny[0], instance).success
+    assert not execute(defs, ny[1], instance).success
+    restore()
+    if d_again == "charging_alone":
+        assert charging_alone(defs, ny[0], instance).success
+    elif d_again == "whole_partition":
+        assert execute(defs, ny[0], instance).success
+    else:
+        run_dates(tmp_path / "data", db, D(2026, 3, 2), D(2026, 3, 2), "NY", RunOptions(), echo=lambda _: None)
+    assert charging_alone(defs, ny[1], instance).success
+    assert charged_in_all(db) == 10000, billed_and_charged(db)[1]
+    assert holds(db)[0] == (D(2026, 3, 2), "C1", "billed_later", 5000)
+
+
+def test_a_run_of_d_between_the_next_nights_steps_does_not_charge_twice(tmp_path, monkeypatch):
+    """No failure of D+1: while D+1's nightly run goes from its billable step to its charging
+    step, `billing-pipeline run --date D --facility NY` (waiting on the lock) charges D."""
+    import assets.resources as resources
+    from billing_pipeline.gateway import SimulatedGateway
+
+    defs, instance, ny, db = new_york_member_billed_on_two_days(tmp_path)
+    restore = failing(monkeypatch, "charge")
+    assert not execute(defs, ny[0], instance).success
+    restore()
+    ran = []
+
+    def gateway(*args, **kwargs):  # the charging step opens the gateway, then takes the warehouse lock
+        if not ran:
+            ran.append(run_dates(tmp_path / "data", db, D(2026, 3, 2), D(2026, 3, 2), "NY", RunOptions(),
+                                 echo=lambda _: None))
+        return SimulatedGateway(*args, **kwargs)
+
+    monkeypatch.setattr(resources, "SimulatedGateway", gateway)
+    assert execute(defs, ny[1], instance).success and ran
+    assert charged_in_all(db) == 10000, billed_and_charged(db)[1]
 
 
 def test_a_day_rerun_late_charges_whom_the_next_day_did_not_bill(tmp_path, monkeypatch):
