@@ -349,16 +349,20 @@ def dues_since(conn: duckdb.DuckDBPyConnection, runs: pl.DataFrame) -> dt.date:
 
 def sweep_from(conn: duckdb.DuckDBPyConnection, runs: pl.DataFrame) -> pl.DataFrame:
     """Each facility-day's first date whose fixed sweep day its billing makes up for: the day
-    after the facility's last earlier day whose billing finished; with none, its earliest earlier
-    day whose dues posted and whose billing never finished (a first billing killed, then refused
-    once this day billed); else D alone. The same on a rerun: an earlier day never bills after a
+    after the facility's last earlier day whose billing finished; if it has never selected anyone
+    to bill, its earliest earlier day (a first night killed before its billing, then refused
+    once this day billed); else D alone (a warehouse from before the billing stamps: its earlier
+    days have `billing_blocks` rows). The same on a rerun: an earlier day never bills after a
     later one (`refuse_superseded_billing`), nor runs at all (`refuse_superseded_days`)."""
     return query(conn, """
+        WITH first_selected AS (SELECT facility_id, min(business_date) AS day FROM billing_blocks GROUP BY ALL)
         SELECT r.facility_id, r.business_date,
-               coalesce(r.previous_business_date + 1, min(p.business_date), r.business_date) AS sweep_from
-        FROM _runs r LEFT JOIN processed_days p
-          ON p.facility_id = r.facility_id AND p.business_date < r.business_date
-             AND p.dues_first_posted_at IS NOT NULL AND p.billed_first_at IS NULL
+               coalesce(r.previous_business_date + 1,
+                        min(p.business_date) FILTER (WHERE f.day IS NULL OR f.day >= r.business_date),
+                        r.business_date) AS sweep_from
+        FROM _runs r
+        LEFT JOIN processed_days p ON p.facility_id = r.facility_id AND p.business_date < r.business_date
+        LEFT JOIN first_selected f ON f.facility_id = r.facility_id
         GROUP BY r.facility_id, r.business_date, r.previous_business_date""",
                  _runs=runs.select("facility_id", "business_date", "previous_business_date"))
 

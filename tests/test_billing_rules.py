@@ -160,7 +160,7 @@ def test_fixed_sweep_today_is_a_sweep_day_since_sweep_from(days):
     for (d, back, s), r in zip(days, rows):
         since = d - dt.timedelta(days=back) if back is not None else d
         span = [since + dt.timedelta(days=k) for k in range((d - since).days + 1)]
-        assert got[r["facility_id"]] is any(python_sweep_day(x, s) for x in span), (d, gap, s)
+        assert got[r["facility_id"]] is any(python_sweep_day(x, s) for x in span), (d, back, s)
 
 
 @pytest.mark.parametrize("last, rolling_days, expected", [

@@ -295,7 +295,8 @@ def test_a_skipped_day_run_after_a_later_day_is_refused_and_charges_no_one_twice
     assert snapshot(db)["ledger"].equals(before["ledger"])
 
 
-@pytest.mark.parametrize("the_15th", ["billed", "missed", "billing_never_finished", "first_billing_never_finished"])
+@pytest.mark.parametrize("the_15th", ["billed", "missed", "billing_never_finished", "first_billing_never_finished",
+                                      "first_night_killed_after_maintenance"])
 def test_a_fixed_sweep_day_that_did_not_bill_is_swept_by_the_next_billing(tmp_path, the_15th):
     """Sweeps on the 15th; C1 owes an open charge and has no dues in April. Whether the 15th's
     night was missed or its billing never finished (and is refused once the 16th has billed),
@@ -305,11 +306,11 @@ def test_a_fixed_sweep_day_that_did_not_bill_is_swept_by_the_next_billing(tmp_pa
                         charges=[dict(charge_id="CH1", customer_id="C1", facility_id="F1", product_id="RETAIL",
                                       amount_cents=1000, posted_date=D(2026, 4, 1), due_date=D(2026, 4, 5))])
     db = tmp_path / "billing.duckdb"
-    if the_15th != "first_billing_never_finished":
+    if not the_15th.startswith("first"):
         run(data, db, D(2026, 4, 14), D(2026, 4, 14))
     if the_15th == "billed":
         run(data, db, D(2026, 4, 15), D(2026, 4, 15))
-    elif the_15th.endswith("billing_never_finished"):  # killed after posting its dues
+    elif the_15th != "missed":  # killed after posting its dues, or after maintenance
         from billing_pipeline import cycle
         from billing_pipeline.facility_clock import facility_days_for_date
         from billing_pipeline.inputs.load import load_inputs
@@ -320,7 +321,8 @@ def test_a_fixed_sweep_day_that_did_not_bill_is_swept_by_the_next_billing(tmp_pa
         night = Night(inputs, facility_days_for_date(inputs.facilities, D(2026, 4, 15)))
         with Warehouse(db).connect() as conn:
             cycle.maintenance(conn, night)
-            cycle.post_dues(conn, night)
+            if the_15th != "first_night_killed_after_maintenance":
+                cycle.post_dues(conn, night)
     run(data, db, D(2026, 4, 16), D(2026, 4, 16))
     before = snapshot(db)
     run(data, db, D(2026, 4, 16), D(2026, 4, 16))
@@ -333,6 +335,24 @@ def test_a_fixed_sweep_day_that_did_not_bill_is_swept_by_the_next_billing(tmp_pa
     assert billed == [(sweep_day, ["sweep_fixed"], 1000)]
     assert swept == [(sweep_day, "sweep_fixed")]
     assert charged == [(sweep_day, 1000, "approved")]
+
+
+def test_a_warehouse_from_before_the_billing_stamps_makes_up_no_sweep(tmp_path):
+    """Its days billed (billing_blocks rows) but carry no billed_first_at: the first night after
+    the upgrade sweeps only if D is a sweep day, not for every sweep day of its history."""
+    data = write_export(tmp_path / "data", facilities=[facility(sweep_mode="fixed", fixed_sweep_days="10")],
+                        contracts=[contract("K1", start_date=D(2026, 4, 20))],
+                        charges=[dict(charge_id="CH1", customer_id="C1", facility_id="F1", product_id="RETAIL",
+                                      amount_cents=1000, posted_date=D(2026, 4, 11), due_date=D(2026, 4, 12))])
+    db = tmp_path / "billing.duckdb"
+    run(data, db, D(2026, 4, 9), D(2026, 4, 14))
+    from billing_pipeline.warehouse.store import Warehouse
+
+    with Warehouse(db).connect() as conn:
+        conn.execute("UPDATE processed_days SET billed_first_at = NULL, dues_first_posted_at = NULL")
+    run(data, db, D(2026, 4, 15), D(2026, 4, 15))
+    with duckdb.connect(str(db), read_only=True) as conn:
+        assert conn.sql("SELECT count(*) FROM billable_customers").fetchall() == [(0,)]
 
 
 def test_ledger_check_compares_the_ledger_with_what_happened(tmp_path):
