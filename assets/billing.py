@@ -66,9 +66,11 @@ def charging(context: dg.AssetExecutionContext, export: ExportFolder, warehouse:
              gateway: GatewayResource, billing: BillingSettings):
     """Charges through the payment gateway; a rerun resends only what has no outcome yet."""
     night = export.night(context.partition_key)
+    store = warehouse.get()
+    store.refuse_a_clash()  # before the gateway record, named by the same stem, is opened
     gw = gateway.open()
     try:
-        with warehouse.get().connect(echo=context.log.info) as conn:
+        with store.connect(echo=context.log.info) as conn:
             attempts, sent = cycle.charge(conn, night, gw, billing.cycle())
             ledger = ledger_check_result(ledger_problems(conn, night.facility_days), BILLING_ATTEMPTS)
     finally:

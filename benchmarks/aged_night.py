@@ -65,6 +65,8 @@ def copy_warehouse(db: Path, to: Path) -> Path:
     """The file, its writer copy and the gateway record, as `to`/warehouse.*."""
     to.mkdir(parents=True)
     for source in db.parent.glob(db.stem + ".*"):
+        if source.name.endswith((".writer.owner", ".writer.lock", ".writer.holder")):
+            continue  # the copy is a warehouse of its own: it owns its side files when it first writes
         shutil.copyfile(source, to / source.name.replace(db.stem, "warehouse", 1))
     return to / "warehouse.duckdb"
 

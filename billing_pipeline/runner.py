@@ -38,6 +38,8 @@ class RunOptions:
 
 
 def default_gateway_state(db: Path) -> Path:
+    """Beside the warehouse file, a symlink followed as `Warehouse` does (one record per warehouse)."""
+    db = Path(db).resolve()
     return db.with_name(db.stem + ".gateway.sqlite")
 
 

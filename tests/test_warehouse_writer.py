@@ -122,11 +122,25 @@ def test_a_warehouse_beside_another_of_the_same_stem_is_refused(tmp_path):
     for name in ("chain.db", "chain.link", "chain.backup.duckdb"):
         with Warehouse(tmp_path / name).connect():
             pass
-    # Once the owner is gone (renamed), the side files go to the name that writes next.
+    # Once the owner is gone, another name is still refused: it may be another warehouse, which
+    # would publish the owner's writer copy. A rename hands the side files over by deleting the
+    # owner file, as the message says.
     (tmp_path / "chain.db").rename(tmp_path / "chain.duckdb")
+    with pytest.raises(ValueError, match="belong to chain.db, which is gone: .* delete chain.writer.owner"):
+        with Warehouse(tmp_path / "chain.duckdb").connect():
+            pass
+    (tmp_path / "chain.writer.owner").unlink()
     with Warehouse(tmp_path / "chain.duckdb").connect() as conn:
         assert conn.execute("SELECT count(*) FROM t").fetchall() == [(0,)]
     assert (tmp_path / "chain.writer.owner").read_text() == "chain.duckdb\n"
+
+
+def test_the_gateway_record_follows_a_symlinked_warehouse(tmp_path):
+    from billing_pipeline.runner import default_gateway_state
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias.duckdb").symlink_to(tmp_path / "real" / "chain.duckdb")
+    assert default_gateway_state(tmp_path / "alias.duckdb") == (tmp_path / "real" / "chain.gateway.sqlite").resolve()
 
 
 def test_a_refused_run_opens_no_gateway_record(tmp_path):
@@ -150,3 +164,22 @@ def test_the_holder_is_named_while_writing_and_forgotten_after(tmp_path):
     with pytest.raises(RuntimeError), warehouse.connect():
         raise RuntimeError("a step fails")
     assert not warehouse.holder_path.exists()
+
+
+def test_dagster_charging_on_a_clashing_name_opens_no_gateway_record(tmp_path):
+    import dagster as dg
+
+    from assets.billing import BILLING_ATTEMPTS, FAILED_BILLING_EVENTS
+    from assets.definitions import build_definitions
+    from assets.schedules import NIGHTLY_JOB
+    from tests.factories import write_export
+
+    data = write_export(tmp_path / "data")
+    with Warehouse(tmp_path / "chain.db").connect():
+        pass
+    defs = build_definitions(str(data), str(tmp_path / "chain.duckdb"))
+    result = defs.resolve_job_def(NIGHTLY_JOB).execute_in_process(
+        partition_key="2026-01-01-02:00", instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+        asset_selection=[BILLING_ATTEMPTS, FAILED_BILLING_EVENTS])
+    assert not result.success
+    assert not (tmp_path / "chain.gateway.sqlite").exists()

@@ -108,18 +108,26 @@ class Warehouse:
     def refuse_a_clash(self) -> None:
         """The side files (writer copy, lock, gateway record) are named by the stem: `chain.duckdb`
         beside `chain.db` would share them, and one would publish the other's tables. The first
-        warehouse to write owns them (`<stem>.writer.owner`); another name is refused while the
-        owner exists (a backup copy beside it, `chain.bak`, is not a warehouse until it writes)."""
+        warehouse to write owns them (`<stem>.writer.owner`); another name is refused, also once
+        the owner is gone (a renamed warehouse is handed them by deleting the owner file). A
+        backup copy beside the warehouse (`chain.bak`) is no warehouse until it writes."""
         try:
             owner = self.owner_path.read_text().strip()
         except FileNotFoundError:
             return
         other = self.path.with_name(owner)
-        if owner and owner != self.path.name and other.exists() and other.resolve() != self.path:
+        if not owner or owner == self.path.name or (self.path.exists() and other.exists() and other.samefile(self.path)):
+            return
+        side_files = f"{self.writer_path.name}, {self.lock_path.name} and the gateway record"
+        if other.exists():
             raise WarehouseNameClash(
                 f"{self.path.name} and {owner} in {self.path.parent} would share one writer copy "
-                f"({self.writer_path.name}), lock and gateway record, which belong to {owner} "
-                f"({self.owner_path.name}): give each warehouse its own name (the part before the extension)")
+                f"({side_files}), which belong to {owner} ({self.owner_path.name}): give each warehouse "
+                "its own name (the part before the extension)")
+        raise WarehouseNameClash(
+            f"{side_files} in {self.path.parent} belong to {owner}, which is gone: if {self.path.name} is "
+            f"{owner} renamed, delete {self.owner_path.name} to hand them over; if it is another warehouse, "
+            "move those files away first (the writer copy holds the tables it would publish)")
 
     def _own_side_files(self) -> None:
         """Under the lock: refuses a clash, then records this warehouse as the owner."""
