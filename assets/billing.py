@@ -71,13 +71,16 @@ def charging(context: dg.AssetExecutionContext, export: ExportFolder, warehouse:
     gw = gateway.open()
     try:
         with store.connect(echo=context.log.info) as conn:
-            attempts, sent = cycle.charge(conn, night, gw, billing.cycle())
+            attempts, sent, held = cycle.charge(conn, night, gw, billing.cycle())
             ledger = ledger_check_result(ledger_problems(conn, night.facility_days), BILLING_ATTEMPTS)
     finally:
         gw.close()
+    if held:
+        context.log.warning(f"{held} customers held at charging: another day charged or selected them after this "
+                            "partition's billable customers were selected (billable_customers.hold_reason says which)")
     outcomes = attempts.group_by("outcome").len().sort("outcome")
     yield dg.MaterializeResult(asset_key=BILLING_ATTEMPTS, metadata={
-        **frame_metadata(attempts), "sent_this_run": sent,
+        **frame_metadata(attempts), "sent_this_run": sent, "held_at_charging": held,
         "outcomes": dg.MetadataValue.json({r["outcome"]: r["len"] for r in outcomes.iter_rows(named=True)})})
     yield dg.MaterializeResult(asset_key=FAILED_BILLING_EVENTS, metadata=frame_metadata(
         attempts.filter(pl.col("outcome") != "approved")))

@@ -383,14 +383,15 @@ def balances(conn: duckdb.DuckDBPyConnection, night: Night, keys: pl.DataFrame) 
 # --- charging (SPEC 1.5) --------------------------------------------------------------------
 
 def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGateway,
-           settings: CycleSettings) -> tuple[pl.DataFrame, int]:
+           settings: CycleSettings) -> tuple[pl.DataFrame, int, int]:
     """Charges every billable customer not on hold, once per business date, whatever reruns.
 
     1. The requests are written ahead (`charge_requests`); a key already written keeps its
        first request, so a rerun or a resumed run resends exactly what was sent before.
     2. Requests without a final outcome are sent; outcomes and their ledger entries are written
        together, batch by batch.
-    Returns the facility-days' billing attempts and how many requests this run sent.
+    Returns the facility-days' billing attempts, how many requests this run sent, and how many
+    customers it held that their billable step had not (`without_overtaken_holds`).
     """
     days = night.facility_days
     billable = query(conn, """
@@ -404,6 +405,7 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
     with transaction(conn):
         new = query(conn, "SELECT p.* FROM _planned p ANTI JOIN charge_requests r USING (idempotency_key)",
                     _planned=planned)
+        planned_new = new.height
         new = without_overtaken_holds(conn, new)
         insert(conn, "charge_requests", new.with_columns(pl.lit(dt.datetime.now(dt.timezone.utc)).alias("requested_at")),
                key="idempotency_key")
@@ -432,7 +434,7 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
     attempts = query(conn, """
         SELECT a.* FROM billing_attempts a JOIN _days d USING (facility_id, business_date)
         ORDER BY idempotency_key""", _days=days.select("facility_id", "business_date"))
-    return attempts, sent
+    return attempts, sent, planned_new - new.height
 
 
 def without_overtaken_holds(conn: duckdb.DuckDBPyConnection, new: pl.DataFrame) -> pl.DataFrame:
@@ -487,7 +489,7 @@ def run_night(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGat
     night.forget("changes", "timeline", "contracts", "routed", "own_contracts", "keyed_contracts")
     selected = select_billable(conn, night, settings)
     night.forget("customer_days", "duplicates", "without_payment_method")
-    attempts, _ = charge(conn, night, gateway, settings)
+    attempts, _, _ = charge(conn, night, gateway, settings)
     problems = {name: frame.height for name, frame in ledger.ledger_problems(conn, night.facility_days).items()}
     blocks = selected["billing_blocks"].filter(pl.col("blocked"))
     outcomes = attempts.get_column("outcome")

@@ -418,7 +418,11 @@ def test_charging_retried_alone_after_the_next_day_charged_holds_whom_it_charged
     assert not execute(defs, ny[0], instance).success
     restore()
     assert execute(defs, ny[1], instance).success
-    assert charging_alone(defs, ny[0], instance).success
+    result = charging_alone(defs, ny[0], instance)
+    assert result.success
+    [materialized] = [m for m in result.asset_materializations_for_node("charging")
+                      if m.asset_key.to_user_string() == "billing_attempts"]
+    assert materialized.metadata["held_at_charging"].value == 1
     assert holds(db) == [(D(2026, 3, 2), "C1", "billed_later", 5000), (D(2026, 3, 3), "C1", None, 10000)]
     assert billed_and_charged(db)[1] == [(D(2026, 3, 3), 10000, "approved")]
     before = snapshot(db)
