@@ -363,6 +363,16 @@ def new_york_member_billed_on_two_days(tmp_path):
     return build_definitions(str(data), str(db)), dg.DagsterInstance.ephemeral(), ny, db
 
 
+def next_day_ran_after_d_failed_in(tmp_path, monkeypatch, step: str):
+    """`new_york_member_billed_on_two_days`, D failed in cycle.<step>, then D+1 ran whole."""
+    defs, instance, ny, db = new_york_member_billed_on_two_days(tmp_path)
+    restore = failing(monkeypatch, step)
+    assert not execute(defs, ny[0], instance).success
+    restore()
+    assert execute(defs, ny[1], instance).success
+    return defs, instance, ny, db
+
+
 def holds(db):
     with duckdb.connect(str(db), read_only=True) as conn:
         return conn.execute("SELECT business_date, customer_id, hold_reason, balance_cents FROM billable_customers "
@@ -372,11 +382,7 @@ def holds(db):
 def test_a_home_day_whose_billing_failed_is_refused_after_the_next_day_billed(tmp_path, monkeypatch):
     """New York's D fails in billing after its dues posted; D+1 counts D's dues and bills C1's
     whole balance (10000). Billing D now would charge D's 5000 again: refused, with the reason."""
-    defs, instance, ny, db = new_york_member_billed_on_two_days(tmp_path)
-    restore = failing(monkeypatch, "select_billable")
-    assert not execute(defs, ny[0], instance).success
-    restore()
-    assert execute(defs, ny[1], instance).success
+    defs, instance, ny, db = next_day_ran_after_d_failed_in(tmp_path, monkeypatch, "select_billable")
     rerun = execute(defs, ny[0], instance)
     assert not rerun.success and "a later day of their facility already billed" in step_errors(rerun)
     assert billed_and_charged(db)[1] == [(D(2026, 3, 3), 10000, "approved")]
@@ -385,11 +391,7 @@ def test_a_home_day_whose_billing_failed_is_refused_after_the_next_day_billed(tm
 def test_a_home_day_whose_charging_failed_holds_whom_the_next_day_charged(tmp_path, monkeypatch):
     """New York's D bills C1 (5000), then its charging fails before writing a request; D+1
     charges C1's whole balance (10000). Rerunning D holds C1 (billed_later): one charge."""
-    defs, instance, ny, db = new_york_member_billed_on_two_days(tmp_path)
-    restore = failing(monkeypatch, "charge")
-    assert not execute(defs, ny[0], instance).success
-    restore()
-    assert execute(defs, ny[1], instance).success
+    defs, instance, ny, db = next_day_ran_after_d_failed_in(tmp_path, monkeypatch, "charge")
     assert execute(defs, ny[0], instance).success
     assert holds(db) == [(D(2026, 3, 2), "C1", "billed_later", 5000), (D(2026, 3, 3), "C1", None, 10000)]
     assert billed_and_charged(db)[1] == [(D(2026, 3, 3), 10000, "approved")]
@@ -413,11 +415,7 @@ def test_charging_retried_alone_after_the_next_day_charged_holds_whom_it_charged
     C1 is held there too, charged once, and a full rerun of D afterwards changes nothing."""
     from tests.test_cycle import snapshot
 
-    defs, instance, ny, db = new_york_member_billed_on_two_days(tmp_path)
-    restore = failing(monkeypatch, "charge")
-    assert not execute(defs, ny[0], instance).success
-    restore()
-    assert execute(defs, ny[1], instance).success
+    defs, instance, ny, db = next_day_ran_after_d_failed_in(tmp_path, monkeypatch, "charge")
     result = charging_alone(defs, ny[0], instance)
     assert result.success
     [materialized] = [m for m in result.asset_materializations_for_node("charging")
@@ -573,11 +571,7 @@ def test_a_charge_written_but_not_answered_holds_the_customer_until_its_day_is_r
     """New York's D dies while charging, after writing C1's request (it may have reached the
     gateway). D+1 would bill the whole balance, D's dues included: C1 is held (charge_pending).
     Rerunning D sends D's request; C1 pays D's 5000 once."""
-    defs, instance, ny, db = new_york_member_billed_on_two_days(tmp_path)
-    restore = failing(monkeypatch, "run_charges")
-    assert not execute(defs, ny[0], instance).success
-    restore()
-    assert execute(defs, ny[1], instance).success
+    defs, instance, ny, db = next_day_ran_after_d_failed_in(tmp_path, monkeypatch, "run_charges")
     assert holds(db) == [(D(2026, 3, 2), "C1", None, 5000), (D(2026, 3, 3), "C1", "charge_pending", 10000)]
     assert execute(defs, ny[0], instance).success
     assert billed_and_charged(db)[1] == [(D(2026, 3, 2), 5000, "approved")]
