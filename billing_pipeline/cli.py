@@ -90,7 +90,7 @@ def run(data: Path, db: Path, date: dt.date, through: dt.date | None, facility: 
         gateway_state: Path | None, gateway_latency_ms: float, decline_rate: float, max_in_flight: int,
         batch_size: int, max_flagged_share: float) -> None:
     """Run the nightly cycle for business date D (to --through), for every facility."""
-    from billing_pipeline.cycle import SupersededDay
+    from billing_pipeline.cycle import RefusedDay
     from billing_pipeline.inputs.load import InputError
     from billing_pipeline.runner import RunOptions, run_dates
 
@@ -104,7 +104,7 @@ def run(data: Path, db: Path, date: dt.date, through: dt.date | None, facility: 
         summaries = run_dates(data, db, date, through, facility, options, echo=click.echo)
     except InputError as exc:
         fail(f"bad input, nothing written: {exc}", EXIT_BAD_INPUT)
-    except (LookupError, SupersededDay) as exc:
+    except (LookupError, RefusedDay) as exc:
         fail(str(exc), EXIT_BAD_INPUT)
     if any(s.ledger_problems.get(k) for s in summaries for k in s.ledger_problems):
         fail("the ledger check failed: see the ledger and customer_balances tables", EXIT_LEDGER)

@@ -54,7 +54,15 @@ def previous_runs(conn: duckdb.DuckDBPyConnection, facility_days: pl.DataFrame,
 
 # --- maintenance (SPEC 1.1) ---------------------------------------------------------------
 
-class SupersededDay(ValueError):
+class RefusedDay(ValueError):
+    """A facility-day (or its billing) that must not run now; nothing was written."""
+
+
+class DayNotReady(RefusedDay):
+    """Billing asked of a facility-day whose dues posting has not finished."""
+
+
+class SupersededDay(RefusedDay):
     """A facility-day never run whose facility already ran a later day: that later day caught it
     up (its dues posted, its customers billed). Running it now would bill them again."""
 
@@ -89,6 +97,19 @@ def refuse_superseded_billing(conn: duckdb.DuckDBPyConnection, days: pl.DataFram
                       "their customers' whole balance (e.g. {facility_id} {business_date}, billed by "
                       "{later_day}); running it now would charge them twice. Their dues stay posted and "
                       "the next day's billing counts them.")
+
+
+def refuse_billing_before_dues(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame) -> None:
+    """Billing counts the day's dues and later days count its billing: a day whose dues step
+    never finished (its billable step materialized alone, say) would bill a balance no later
+    day knows was billed."""
+    missing = query(conn, """
+        SELECT d.facility_id, d.business_date FROM _days d
+        LEFT JOIN processed_days p USING (facility_id, business_date)
+        WHERE p.dues_first_posted_at IS NULL ORDER BY ALL""", _days=days.select("facility_id", "business_date"))
+    if missing.height:
+        raise DayNotReady(f"billing of {missing.height} facility-days refused: their maintenance and dues posting "
+                            f"have not finished (e.g. {missing.row(0)[0]} {missing.row(0)[1]}); run the whole day")
 
 
 def maintenance(conn: duckdb.DuckDBPyConnection, night: Night) -> dict[str, pl.DataFrame]:
@@ -180,6 +201,7 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
 # --- billable customers, sweeps and pre-billing checks (SPEC 1.4, 1.6) -----------------------
 
 def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: CycleSettings) -> dict[str, pl.DataFrame]:
+    refuse_billing_before_dues(conn, night.facility_days)
     refuse_superseded_billing(conn, night.facility_days)
     customer_days = night.customer_days
     runs = home_runs(conn, night.facility_days)

@@ -472,6 +472,23 @@ def test_a_run_of_d_between_the_next_nights_steps_does_not_charge_twice(tmp_path
     assert charged_in_all(db) == 10000, billed_and_charged(db)[1]
 
 
+def test_billing_of_a_day_whose_dues_never_posted_is_refused(tmp_path):
+    """D's billable and charging steps materialized alone, its maintenance and dues never run:
+    refused, nothing charged (a later day would not know what it billed)."""
+    from assets.billing import (BILLABLE_CUSTOMERS, BILLING_ATTEMPTS, DUPLICATE_CONTRACTS, FAILED_BILLING_EVENTS,
+                                SWEEP_CANDIDATES, WITHOUT_PAYMENT_METHOD)
+
+    defs, instance, ny, db = new_york_member_billed_on_two_days(tmp_path)
+    assert execute(defs, ny[0], instance).success
+    result = defs.resolve_job_def(NIGHTLY_JOB).execute_in_process(
+        partition_key=ny[1], instance=instance, raise_on_error=False,
+        asset_selection=[BILLABLE_CUSTOMERS, SWEEP_CANDIDATES, DUPLICATE_CONTRACTS, WITHOUT_PAYMENT_METHOD,
+                         BILLING_ATTEMPTS, FAILED_BILLING_EVENTS])
+    assert not result.success
+    assert "their maintenance and dues posting have not finished (e.g. NY 2026-03-03)" in step_errors(result)
+    assert billed_and_charged(db)[1] == [(D(2026, 3, 2), 5000, "approved")]
+
+
 def test_a_day_rerun_late_charges_whom_the_next_day_did_not_bill(tmp_path, monkeypatch):
     """C1's only dues are D's; New York's D fails in charging, D+1 (no reason to bill C1) runs,
     then D is rerun: C1 is charged then, once (not left owing until dues that never come)."""
