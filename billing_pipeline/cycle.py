@@ -413,21 +413,33 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
     2. Requests without a final outcome are sent; outcomes and their ledger entries are written
        together, batch by batch.
     Returns the facility-days' billing attempts, how many requests this run sent, and how many
-    customers it held that their billable step had not (`without_overtaken_holds`).
+    customers it held that their billable step had not (their payment method changed since, or
+    `without_overtaken_holds`).
     """
     days = night.facility_days
     billable = query(conn, """
         SELECT b.* FROM billable_customers b JOIN _days d USING (facility_id, business_date)
         WHERE b.hold_reason IS NULL""", _days=days.select("facility_id", "business_date"))
+    method = ["customer_id", "business_date", "payment_method_id"]
     planned = billable_rules.charge_requests(
-        billable.join(night.usable_methods, on=["customer_id", "business_date", "payment_method_id"])
+        billable.join(night.usable_methods, on=method)
         .join(night.inputs.facilities.select("facility_id", "surcharge_enabled", "surcharge_percent",
                                              "surcharge_product_id"), on="facility_id")
         .lazy()).collect()
     with transaction(conn):
+        # The default method selected is no longer usable (the export changed between the steps):
+        # held and said, not dropped in silence; a rerun of the day bills the new one.
+        lost_method = query(conn, """
+            SELECT l.customer_id, l.business_date FROM _lost l
+            ANTI JOIN charge_requests r USING (customer_id, business_date)""",
+                            _lost=billable.join(night.usable_methods, on=method, how="anti").select(method[:2]))
+        execute(conn, """
+            UPDATE billable_customers b SET hold_reason = 'no_payment_method' FROM _lost l
+            WHERE b.customer_id = l.customer_id AND b.business_date = l.business_date AND b.hold_reason IS NULL""",
+                _lost=lost_method)
         new = query(conn, "SELECT p.* FROM _planned p ANTI JOIN charge_requests r USING (idempotency_key)",
                     _planned=planned)
-        planned_new = new.height
+        planned_new = new.height + lost_method.height
         new = without_overtaken_holds(conn, new)
         insert(conn, "charge_requests", new.with_columns(pl.lit(dt.datetime.now(dt.timezone.utc)).alias("requested_at")),
                key="idempotency_key")

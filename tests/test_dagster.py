@@ -489,6 +489,33 @@ def test_billing_of_a_day_whose_dues_never_posted_is_refused(tmp_path):
     assert billed_and_charged(db)[1] == [(D(2026, 3, 2), 5000, "approved")]
 
 
+def test_a_payment_method_changed_between_billable_and_charging_is_held_and_said(tmp_path, monkeypatch):
+    """C1 replaces the card after D's billable step; D's charging, retried alone on the new
+    export, holds C1 (no_payment_method) and says so; a rerun of the whole day charges the new card."""
+    defs, instance, ny, db = new_york_member_billed_on_two_days(tmp_path)
+    restore = failing(monkeypatch, "charge")
+    assert not execute(defs, ny[0], instance).success
+    restore()
+    data = tmp_path / "data"
+    write_export(data, facilities=[facility(facility_id="NY", timezone="America/New_York")],
+                 plans=[plan(), plan(plan_id="PT", name="Personal training", contract_type="program")],
+                 customers=[customer("C1", facility_id="NY")],
+                 contracts=[contract("K1", facility_id="NY", start_date=D(2026, 3, 2)),
+                            contract("K2", facility_id="NY", plan_id="PT", start_date=D(2026, 3, 3))],
+                 payment_methods=[card("C1", removed=True), card("C1", payment_method_id="PM-C1-new")])
+    defs = build_definitions(str(data), str(db))
+    result = charging_alone(defs, ny[0], instance)
+    assert result.success
+    [materialized] = [m for m in result.asset_materializations_for_node("charging")
+                      if m.asset_key.to_user_string() == "billing_attempts"]
+    assert materialized.metadata["held_at_charging"].value == 1
+    assert holds(db) == [(D(2026, 3, 2), "C1", "no_payment_method", 5000)]
+    assert billed_and_charged(db)[1] == []
+    assert execute(defs, ny[0], instance).success
+    assert holds(db) == [(D(2026, 3, 2), "C1", None, 5000)]
+    assert billed_and_charged(db)[1] == [(D(2026, 3, 2), 5000, "approved")]
+
+
 def test_a_day_rerun_late_charges_whom_the_next_day_did_not_bill(tmp_path, monkeypatch):
     """C1's only dues are D's; New York's D fails in charging, D+1 (no reason to bill C1) runs,
     then D is rerun: C1 is charged then, once (not left owing until dues that never come)."""

@@ -115,7 +115,7 @@ class Warehouse:
             owner = self.owner_path.read_text().strip()
         except FileNotFoundError:
             return
-        other = self.path.with_name(owner)
+        other = self.path.parent / owner  # a hand-edited name with a slash is still a path, not a crash
         if not owner or owner == self.path.name or (self.path.exists() and other.exists() and other.samefile(self.path)):
             return
         side_files = f"{self.writer_path.name}, {self.lock_path.name} and the gateway record"
@@ -133,7 +133,10 @@ class Warehouse:
         """Under the lock: refuses a clash, then records this warehouse as the owner."""
         self.refuse_a_clash()
         if not self.owner_path.exists() or self.owner_path.read_text().strip() != self.path.name:
-            self.owner_path.write_text(self.path.name + "\n")
+            # Whole or not at all: `refuse_a_clash` also reads it outside the lock.
+            tmp = self.owner_path.with_name(f".{self.owner_path.name}.tmp")
+            tmp.write_text(self.path.name + "\n")
+            os.replace(tmp, self.owner_path)
 
     def _clear_leftovers(self) -> None:
         """What a killed writer may have left (under the lock, so nobody is writing them): a
