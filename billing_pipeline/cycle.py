@@ -432,11 +432,13 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
         lost_method = query(conn, """
             SELECT l.customer_id, l.business_date FROM _lost l
             ANTI JOIN charge_requests r USING (customer_id, business_date)""",
-                            _lost=billable.join(night.usable_methods, on=method, how="anti").select(method[:2]))
-        execute(conn, """
-            UPDATE billable_customers b SET hold_reason = 'no_payment_method' FROM _lost l
-            WHERE b.customer_id = l.customer_id AND b.business_date = l.business_date AND b.hold_reason IS NULL""",
-                _lost=lost_method)
+                            _lost=billable.select(method[:2]).join(planned.select(method[:2]), on=method[:2],
+                                                                   how="anti"))
+        if lost_method.height:
+            execute(conn, """
+                UPDATE billable_customers b SET hold_reason = 'no_payment_method' FROM _lost l
+                WHERE b.customer_id = l.customer_id AND b.business_date = l.business_date AND b.hold_reason IS NULL""",
+                    _lost=lost_method)
         new = query(conn, "SELECT p.* FROM _planned p ANTI JOIN charge_requests r USING (idempotency_key)",
                     _planned=planned)
         planned_new = new.height + lost_method.height
