@@ -413,36 +413,28 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
     2. Requests without a final outcome are sent; outcomes and their ledger entries are written
        together, batch by batch.
     Returns the facility-days' billing attempts, how many requests this run sent, and how many
-    customers it held that their billable step had not (their payment method changed since, or
-    `without_overtaken_holds`).
+    customers it held that their billable step had not (`holds_at_charging`).
     """
     days = night.facility_days
     billable = query(conn, """
         SELECT b.* FROM billable_customers b JOIN _days d USING (facility_id, business_date)
         WHERE b.hold_reason IS NULL""", _days=days.select("facility_id", "business_date"))
-    method = ["customer_id", "business_date", "payment_method_id"]
+    keys = ["customer_id", "business_date"]
     planned = billable_rules.charge_requests(
-        billable.join(night.usable_methods, on=method)
+        billable.join(night.usable_methods, on=[*keys, "payment_method_id"])
         .join(night.inputs.facilities.select("facility_id", "surcharge_enabled", "surcharge_percent",
                                              "surcharge_product_id"), on="facility_id")
         .lazy()).collect()
     with transaction(conn):
-        # The default method selected is no longer usable (the export changed between the steps):
-        # held and said, not dropped in silence; a rerun of the day bills the new one.
-        lost_method = query(conn, """
-            SELECT l.customer_id, l.business_date FROM _lost l
-            ANTI JOIN charge_requests r USING (customer_id, business_date)""",
-                            _lost=billable.select(method[:2]).join(planned.select(method[:2]), on=method[:2],
-                                                                   how="anti"))
-        if lost_method.height:
+        unrequested = query(conn, "SELECT b.* FROM _billable b ANTI JOIN charge_requests r USING (customer_id, business_date)",
+                            _billable=billable.select(keys))
+        held = holds_at_charging(conn, unrequested, planned)
+        if held.height:
             execute(conn, """
-                UPDATE billable_customers b SET hold_reason = 'no_payment_method' FROM _lost l
-                WHERE b.customer_id = l.customer_id AND b.business_date = l.business_date AND b.hold_reason IS NULL""",
-                    _lost=lost_method)
-        new = query(conn, "SELECT p.* FROM _planned p ANTI JOIN charge_requests r USING (idempotency_key)",
-                    _planned=planned)
-        planned_new = new.height + lost_method.height
-        new = without_overtaken_holds(conn, new)
+                UPDATE billable_customers b SET hold_reason = h.hold_reason FROM _held h
+                WHERE b.customer_id = h.customer_id AND b.business_date = h.business_date AND b.hold_reason IS NULL""",
+                    _held=held)
+        new = planned.join(unrequested, on=keys, how="semi").join(held, on=keys, how="anti")
         insert(conn, "charge_requests", new.with_columns(pl.lit(dt.datetime.now(dt.timezone.utc)).alias("requested_at")),
                key="idempotency_key")
         execute(conn, """INSERT INTO unanswered_charge_days SELECT DISTINCT facility_id, business_date FROM _new
@@ -470,26 +462,27 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
     attempts = query(conn, """
         SELECT a.* FROM billing_attempts a JOIN _days d USING (facility_id, business_date)
         ORDER BY idempotency_key""", _days=days.select("facility_id", "business_date"))
-    return attempts, sent, planned_new - new.height
+    return attempts, sent, held.height
 
 
-def without_overtaken_holds(conn: duckdb.DuckDBPyConnection, new: pl.DataFrame) -> pl.DataFrame:
-    """The new requests less those of customers whom another day's charge now holds
-    (`charge_holds`), which billable_customers then says. The holds were decided when the
-    billable customers were selected: charging retried alone (Dagster's re-execute from failure)
-    after a later day charged them would charge them twice."""
-    if new.is_empty():
-        return new
-    overtaken = charge_holds(conn, new).filter(pl.col("charge_pending") | pl.col("billed_later"))
-    if overtaken.is_empty():
-        return new
-    execute(conn, """
-        UPDATE billable_customers b
-        SET hold_reason = CASE WHEN o.charge_pending THEN 'charge_pending' ELSE 'billed_later' END
-        FROM _overtaken o
-        WHERE b.customer_id = o.customer_id AND b.business_date = o.business_date AND b.hold_reason IS NULL""",
-            _overtaken=overtaken)
-    return new.join(overtaken, on=["customer_id", "business_date"], how="anti")
+def holds_at_charging(conn: duckdb.DuckDBPyConnection, unrequested: pl.DataFrame,
+                      planned: pl.DataFrame) -> pl.DataFrame:
+    """customer_id, business_date, hold_reason of the customers not requested yet whom charging
+    holds though their billable step, which decided earlier, did not (in `apply_holds`' order):
+    no_payment_method  their default method is no longer usable (the export was replaced between
+                       the steps): said, not dropped in silence; a rerun of the day bills the new one
+    charge_pending / billed_later  another day's charge now holds them (`charge_holds`): charging
+                       retried alone after a later day selected or charged them would charge twice."""
+    keys = ["customer_id", "business_date"]
+    if unrequested.is_empty():
+        return unrequested.with_columns(pl.lit(None, pl.String).alias("hold_reason"))
+    reason = (pl.when(pl.col("_planned").is_null()).then(pl.lit("no_payment_method"))
+              .when(pl.col("charge_pending").fill_null(False)).then(pl.lit("charge_pending"))
+              .when(pl.col("billed_later").fill_null(False)).then(pl.lit("billed_later")))
+    return (unrequested.join(planned.select(*keys, pl.lit(True).alias("_planned")), on=keys, how="left")
+            .join(charge_holds(conn, unrequested), on=keys, how="left")
+            .select(*keys, reason.alias("hold_reason"))
+            .filter(pl.col("hold_reason").is_not_null()))
 
 
 def record_outcomes(conn: duckdb.DuckDBPyConnection, outcomes: pl.DataFrame) -> None:

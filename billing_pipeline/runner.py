@@ -38,9 +38,7 @@ class RunOptions:
 
 
 def default_gateway_state(db: Path) -> Path:
-    """Beside the warehouse file, a symlink followed as `Warehouse` does (one record per warehouse)."""
-    db = Path(db).resolve()
-    return db.with_name(db.stem + ".gateway.sqlite")
+    return Warehouse(db).gateway_record_path  # beside the file a symlinked warehouse points to
 
 
 def run_dates(data: Path, db: Path, first: dt.date, last: dt.date, facility: str | None,
@@ -50,7 +48,7 @@ def run_dates(data: Path, db: Path, first: dt.date, last: dt.date, facility: str
         raise LookupError(f"facility {facility} is not in {data}/facilities")
     warehouse = Warehouse(db)
     warehouse.refuse_a_clash()  # before the gateway record, named by the same stem, is opened
-    gateway = SimulatedGateway(options.gateway_state or default_gateway_state(db), latency_s=options.latency_s,
+    gateway = SimulatedGateway(options.gateway_state or warehouse.gateway_record_path, latency_s=options.latency_s,
                                decline_rate=options.decline_rate)
     summaries = []
     try:

@@ -56,17 +56,29 @@ class Warehouse:
         # points to (publishing onto the link would replace it with a file of its own).
         self.path = Path(path).resolve()
 
+    def side_file(self, suffix: str) -> Path:
+        """`<stem><suffix>` beside the warehouse: its writer copy, lock, owner, gateway record."""
+        return self.path.with_name(self.path.stem + suffix)
+
     @property
     def writer_path(self) -> Path:
-        return self.path.with_name(self.path.stem + ".writer.duckdb")
+        return self.side_file(".writer.duckdb")
 
     @property
     def lock_path(self) -> Path:
-        return self.path.with_name(self.path.stem + ".writer.lock")
+        return self.side_file(".writer.lock")
 
     @property
     def holder_path(self) -> Path:
-        return self.path.with_name(self.path.stem + ".writer.holder")  # who holds the lock, for the waiting
+        return self.side_file(".writer.holder")  # who holds the lock, for the waiting
+
+    @property
+    def owner_path(self) -> Path:
+        return self.side_file(".writer.owner")  # which warehouse the side files serve
+
+    @property
+    def gateway_record_path(self) -> Path:
+        return self.side_file(".gateway.sqlite")  # the simulated gateway's default record
 
     @contextlib.contextmanager
     def writing(self, echo: Callable[[str], object] = print) -> Iterator[None]:
@@ -100,10 +112,6 @@ class Warehouse:
             return self.holder_path.read_text().strip() or "another process"
         except FileNotFoundError:  # not written yet by the new holder, or just removed by the old one
             return "another process"
-
-    @property
-    def owner_path(self) -> Path:
-        return self.path.with_name(self.path.stem + ".writer.owner")  # which warehouse the side files serve
 
     def refuse_a_clash(self) -> None:
         """The side files (writer copy, lock, gateway record) are named by the stem: `chain.duckdb`
