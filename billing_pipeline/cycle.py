@@ -273,7 +273,7 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
                                          & pl.col("contract_type").is_in(billable_rules.QUALIFYING_TYPES))
                   .select("customer_id", "business_date"))
     night.forget("customer_contracts", "customer_keys", "elsewhere")  # 10M contracts' rows: not needed from here on
-    with_settings = customer_days.lazy().join(day_settings.lazy(), on=["facility_id", "business_date"])
+    with_settings = customer_days.lazy().join(day_settings.lazy().drop("fixed_sweep_day"), on=["facility_id", "business_date"])
     with_reasons = billable_rules.with_reasons(with_settings, due.lazy(), last_attempts.lazy(), qualifying.lazy()).collect()
     owed = balances(conn, night, with_reasons.select("customer_id", "business_date", "run_at"))
     candidates = billable_rules.with_balance(with_reasons.lazy(), owed.lazy()).collect()
@@ -286,7 +286,7 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
     out = {
         "billable_customers": held.select(*billable_rules.BILLABLE_COLUMNS, "payment_method_id")
         .sort("facility_id", "customer_id"),
-        "sweep_candidates": billable_rules.sweep_candidates(held.lazy()).collect(),
+        "sweep_candidates": billable_rules.sweep_candidates(held.lazy(), day_settings.lazy()).collect(),
         "duplicate_contracts": night.at_home(duplicates),
         "recurring_dues_without_payment_method": night.at_home(without_payment_method),
         "billing_blocks": blocks.select("business_date", "facility_id", "partition_key", "billable_customers",

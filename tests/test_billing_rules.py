@@ -148,19 +148,33 @@ def python_sweep_day(d: dt.date, sweep_days: list[int]) -> bool:
                                st.lists(st.integers(1, 31), min_size=1, max_size=4)), min_size=1, max_size=20))
 def test_fixed_sweep_today_is_a_sweep_day_since_sweep_from(days):
     """Against plain Python over every date: a day past the month's end means its last day; every
-    date from sweep_from up to D counts (D alone without one)."""
+    date from sweep_from up to D counts (D alone without one), and the latest of them is the
+    sweep day that `sweep_candidates` names."""
     rows = [dict(facility_id=f"F{i}", business_date=d, run_at=None,
                  sweep_from=d - dt.timedelta(days=back) if back is not None else None,
                  fixed_sweep_days=";".join(map(str, s))) for i, (d, back, s) in enumerate(days)]
     fac = pl.DataFrame([facility(facility_id=r["facility_id"], sweep_mode="fixed", fixed_sweep_days=r["fixed_sweep_days"])
                         for r in rows], schema=TABLES["facilities"].dtypes)
     frame = pl.DataFrame(rows, schema_overrides={"sweep_from": pl.Date, "run_at": pl.Datetime("us", "UTC")})
-    got = dict(rules.facility_day_settings(frame.lazy(), fac.lazy()).select("facility_id", "fixed_sweep_today")
-               .collect().iter_rows())
+    got = {f: (today, day) for f, today, day in rules.facility_day_settings(frame.lazy(), fac.lazy())
+           .select("facility_id", "fixed_sweep_today", "fixed_sweep_day").collect().iter_rows()}
     for (d, back, s), r in zip(days, rows):
         since = d - dt.timedelta(days=back) if back is not None else d
         span = [since + dt.timedelta(days=k) for k in range((d - since).days + 1)]
-        assert got[r["facility_id"]] is any(python_sweep_day(x, s) for x in span), (d, back, s)
+        swept = [x for x in span if python_sweep_day(x, s)]
+        assert got[r["facility_id"]] == (bool(swept), max(swept, default=None)), (d, back, s)
+
+
+def test_sweep_candidates_name_the_sweep_day_they_are_for():
+    """A row per sweep reason; a fixed sweep made up on the 16th names the 15th, a rolling one D."""
+    billable = pl.DataFrame({"business_date": [D(2026, 4, 16)] * 3, "facility_id": ["F1", "F1", "F2"],
+                             "customer_id": ["C1", "C2", "C3"], "balance_cents": [100, 200, 300],
+                             "reasons": [["sweep_fixed", "sweep_rolling"], ["dues_posted"], ["sweep_rolling"]]})
+    settings = pl.DataFrame({"facility_id": ["F1", "F2"], "business_date": [D(2026, 4, 16)] * 2,
+                             "fixed_sweep_day": [D(2026, 4, 15), None]})
+    got = rules.sweep_candidates(billable.lazy(), settings.lazy()).select("customer_id", "reason", "sweep_day").collect()
+    assert sorted(got.iter_rows()) == [("C1", "sweep_fixed", D(2026, 4, 15)), ("C1", "sweep_rolling", D(2026, 4, 16)),
+                                       ("C3", "sweep_rolling", D(2026, 4, 16))]
 
 
 @pytest.mark.parametrize("last, rolling_days, expected", [

@@ -329,11 +329,11 @@ def test_a_fixed_sweep_day_that_did_not_bill_is_swept_by_the_next_billing(tmp_pa
     assert all(before[name].equals(table) for name, table in snapshot(db).items())
     with duckdb.connect(str(db), read_only=True) as conn:
         billed = conn.sql("SELECT business_date, reasons, balance_cents FROM billable_customers ORDER BY 1").fetchall()
-        swept = conn.sql("SELECT business_date, reason FROM sweep_candidates ORDER BY 1").fetchall()
+        swept = conn.sql("SELECT business_date, reason, sweep_day FROM sweep_candidates ORDER BY 1").fetchall()
         charged = conn.sql("SELECT business_date, amount_cents, outcome FROM billing_attempts ORDER BY 1").fetchall()
     sweep_day = D(2026, 4, 15) if the_15th == "billed" else D(2026, 4, 16)
     assert billed == [(sweep_day, ["sweep_fixed"], 1000)]
-    assert swept == [(sweep_day, "sweep_fixed")]
+    assert swept == [(sweep_day, "sweep_fixed", D(2026, 4, 15))]  # the 16th names the sweep day it makes up
     assert charged == [(sweep_day, 1000, "approved")]
 
 

@@ -37,7 +37,8 @@ def facility_day_settings(facility_days: pl.LazyFrame, facilities: pl.LazyFrame)
     fixed sweep day this billing makes up for (see `cycle.sweep_from`; null: D alone). A sweep day
     on which the facility did not bill (its night missed, or its billing never finished and was
     refused once a later day billed) is swept by its next billing: `fixed_sweep_today` holds when
-    any day from `sweep_from` to D is a sweep day.
+    any day from `sweep_from` to D is a sweep day, and `fixed_sweep_day` is the latest of them
+    (D on a sweep day; null if none).
     """
     d = pl.col("business_date")
     # Any 31 days in a row hold every listed day (or its month's last day): further back changes
@@ -49,14 +50,15 @@ def facility_day_settings(facility_days: pl.LazyFrame, facilities: pl.LazyFrame)
         .filter(pl.col("sweep_mode") == "fixed")
         .with_columns(pl.date_ranges(first, d).alias("_day"))
         .explode("_day")
+        .filter(is_fixed_sweep_day(pl.col("_day"), pl.col("fixed_sweep_days")))
         .group_by("facility_id", "business_date")
-        .agg(is_fixed_sweep_day(pl.col("_day"), pl.col("fixed_sweep_days")).any().alias("fixed_sweep_today"))
+        .agg(pl.col("_day").max().alias("fixed_sweep_day"))
     )
     return (
         facility_days.select("facility_id", "business_date", "run_at")
         .join(facilities.select("facility_id", *BILLING_SETTINGS), on="facility_id")
         .join(sweep_today, on=["facility_id", "business_date"], how="left")
-        .with_columns(pl.col("fixed_sweep_today").fill_null(False))
+        .with_columns(pl.col("fixed_sweep_day").is_not_null().alias("fixed_sweep_today"))
     )
 
 
@@ -128,11 +130,18 @@ def with_balance(candidates: pl.LazyFrame, balances: pl.LazyFrame) -> pl.LazyFra
     )
 
 
-def sweep_candidates(billable: pl.LazyFrame) -> pl.LazyFrame:
+def sweep_candidates(billable: pl.LazyFrame, day_settings: pl.LazyFrame) -> pl.LazyFrame:
+    """A row per sweep reason of a billable customer, with `sweep_day`: the sweep day it is for,
+    D itself, or for a fixed sweep made up after a sweep day the facility did not bill, that day
+    (`facility_day_settings`' `fixed_sweep_day`)."""
     return (
         billable.with_columns(pl.col("reasons").list.set_intersection(["sweep_fixed", "sweep_rolling"]).alias("reason"))
         .explode("reason").filter(pl.col("reason").is_not_null())
-        .select("business_date", "facility_id", "customer_id", "reason", "balance_cents")
+        .join(day_settings.select("facility_id", "business_date", "fixed_sweep_day"),
+              on=["facility_id", "business_date"], how="left")
+        .select("business_date", "facility_id", "customer_id", "reason", "balance_cents",
+                pl.when(pl.col("reason") == "sweep_fixed").then("fixed_sweep_day").otherwise("business_date")
+                .alias("sweep_day"))
         .sort("facility_id", "customer_id")
     )
 

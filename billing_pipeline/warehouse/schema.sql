@@ -76,8 +76,12 @@ CREATE TABLE IF NOT EXISTS billable_customers (
     business_date DATE, facility_id VARCHAR, customer_id VARCHAR, reasons VARCHAR[],
     balance_cents BIGINT, hold_reason VARCHAR, payment_method_id VARCHAR);
 
+-- sweep_day: the sweep day a row is for: business_date, or for a fixed sweep made up after a
+-- sweep day the facility did not bill (its night missed, its billing never finished), that day.
 CREATE TABLE IF NOT EXISTS sweep_candidates (
-    business_date DATE, facility_id VARCHAR, customer_id VARCHAR, reason VARCHAR, balance_cents BIGINT);
+    business_date DATE, facility_id VARCHAR, customer_id VARCHAR, reason VARCHAR, balance_cents BIGINT,
+    sweep_day DATE);
+ALTER TABLE sweep_candidates ADD COLUMN IF NOT EXISTS sweep_day DATE;  -- files written before it existed
 
 -- Write-ahead record of every charge before the gateway sees it: a killed run resends exactly
 -- these requests, with the same idempotency keys.
