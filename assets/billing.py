@@ -25,7 +25,7 @@ FAILED_BILLING_EVENTS = dg.AssetKey("failed_billing_events")
         warehouse_table(BILLABLE_CUSTOMERS, "billing", [DUES_POSTINGS],
                         "Who is billed tonight, with every reason, balance due now and any hold."),
         warehouse_table(SWEEP_CANDIDATES, "billing", [DUES_POSTINGS],
-                        "Customers billed by a fixed or rolling sweep."),
+                        "Customers billed by a fixed or rolling sweep, with the sweep day each is for."),
         warehouse_table(DUPLICATE_CONTRACTS, "billing", [DUES_POSTINGS],
                         "Pre-billing report: two or more contracts in effect for one plan."),
         warehouse_table(WITHOUT_PAYMENT_METHOD, "billing", [DUES_POSTINGS],
