@@ -357,7 +357,7 @@ def per_row_night(rows: dict[str, list[tuple]], day: dt.date) -> dict[str, Any]:
     billable = []
     sweeps = []
     for facility_id, customer_id, reasons, balance in candidates:
-        if customer_id in duplicate_customers:
+        if customer_id in duplicate_customers or balance <= 0:  # <= 0: billable only by held dues
             hold = "duplicate_contract"
         elif customer_id not in usable:
             hold = "no_payment_method"

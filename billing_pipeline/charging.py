@@ -89,7 +89,13 @@ async def charge_all(requests: pl.DataFrame, gateway: PaymentGateway, settings: 
 def run_charges(requests: pl.DataFrame, gateway: PaymentGateway, settings: ChargeSettings,
                 record: Callable[[pl.DataFrame], None]) -> int:
     """Charges every request (REQUEST_SCHEMA columns, unique keys; other columns are passed
-    through to `record` with the outcome); returns how many were sent."""
+    through to `record` with the outcome); returns how many were sent. A charge of zero or less
+    is refused before anything is sent: it would move money the wrong way (the billable rules
+    hold such customers; this is the last line)."""
     if requests.height == 0:
         return 0
+    not_positive = requests.filter(pl.col("charge_cents") <= 0).get_column("idempotency_key")
+    if not_positive.len():
+        raise ValueError(f"{not_positive.len()} charge requests of zero or less, none sent: "
+                         f"{', '.join(not_positive.head(5))}")
     return asyncio.run(charge_all(requests, gateway, settings, record))

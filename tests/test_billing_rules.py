@@ -253,9 +253,9 @@ def test_usable_payment_method_is_the_default_not_removed_and_not_expired(method
     assert usable(methods) == expected
 
 
-def hold_of(*, dup: bool = False, method: bool = True, blocked: bool = False) -> str | None:
+def hold_of(*, dup: bool = False, method: bool = True, blocked: bool = False, balance: int = 5000) -> str | None:
     base = pl.DataFrame({"business_date": [DAY], "facility_id": ["F1"], "customer_id": ["C1"],
-                         "reasons": [["dues_posted"]], "balance_cents": [5000]})
+                         "reasons": [["dues_posted"]], "balance_cents": [balance]})
     dups = pl.DataFrame({"business_date": [DAY] * dup, "customer_id": ["C1"] * dup},
                         schema={"business_date": pl.Date, "customer_id": pl.String})
     methods = pl.DataFrame({"customer_id": ["C1"] * method, "business_date": [DAY] * method,
@@ -273,6 +273,9 @@ def test_holds():
     assert hold_of(dup=True) == "duplicate_contract"
     assert hold_of(method=False) == "no_payment_method"
     assert hold_of(blocked=True) == "billing_blocked"
+    # Billable before holds only by dues held as duplicates (on another date): nothing posted is owed.
+    assert hold_of(balance=0) == hold_of(balance=-3000) == "duplicate_contract"
+    assert hold_of(balance=1) is None
 
 
 # --- the billing block ----------------------------------------------------------------------------------------

@@ -139,6 +139,49 @@ def test_surcharge_posted_only_when_approved(tmp_path):
     assert balances == {"C1": 0, "C2": 1010}
 
 
+@pytest.mark.parametrize("credit", [3000, 0])
+def test_dues_held_as_duplicates_on_another_date_charge_no_credit_back(tmp_path, credit):
+    """C1's home is Berlin; K1 and K2, for one plan at Los Angeles, are duplicates on the 1st
+    (K2 ends that day): LA's 1st holds both, and Berlin's 2nd counts those held dues as due,
+    though no duplicate is in effect on its own date. C1 owes nothing posted (a credit, or
+    nothing): held, not charged -credit or 0. On the 3rd, the dues posted once the duplicate had
+    ended (the 1st's periods of K1 and K2, caught up on LA's 2nd) are charged less the credit."""
+    data = write_export(
+        tmp_path / "data", facilities=[facility(facility_id="H", timezone="Europe/Berlin"),
+                                       facility(facility_id="W", timezone="America/Los_Angeles")],
+        customers=[customer("C1", facility_id="H")],
+        contracts=[contract("K1", facility_id="W"), contract("K2", facility_id="W", end_date=D(2026, 1, 1))],
+        payment_methods=[card("C1")],
+        payments=[dict(payment_id="P1", customer_id="C1", facility_id="H", amount_cents=credit,
+                       paid_date=D(2025, 12, 20), channel="manual")] if credit else [])
+    db = tmp_path / "billing.duckdb"
+    run(data, db, D(2026, 1, 1), D(2026, 1, 3), max_flagged_share=1.0)
+    with duckdb.connect(str(db), read_only=True) as conn:
+        billed = conn.sql("SELECT business_date, balance_cents, hold_reason FROM billable_customers ORDER BY 1").fetchall()
+        charged = conn.sql("SELECT business_date, amount_cents, outcome FROM billing_attempts ORDER BY 1").fetchall()
+        ((payments,),) = conn.sql("SELECT sum(amount_cents) FROM ledger WHERE kind = 'billing_payment'").fetchall()
+        dues = conn.sql("SELECT contract_id, bill_date, business_date, amount_cents FROM ledger WHERE kind = 'dues' "
+                        "ORDER BY 1").fetchall()
+    assert (D(2026, 1, 2), -credit, "duplicate_contract") in billed
+    assert dues == [("K1", D(2026, 1, 1), D(2026, 1, 2), 5000), ("K2", D(2026, 1, 1), D(2026, 1, 2), 5000)]
+    assert charged == [(D(2026, 1, 3), 10000 - credit, "approved")]
+    assert payments == -(10000 - credit)
+
+
+def test_a_charge_of_zero_or_less_is_never_sent(tmp_path):
+    """The last line before the gateway: a request of zero or less stops charging before any call."""
+    from billing_pipeline.charging import ChargeSettings, run_charges
+    from billing_pipeline.gateway import SimulatedGateway
+
+    gateway = SimulatedGateway(tmp_path / "gw.sqlite")
+    requests = pl.DataFrame({"idempotency_key": ["k1", "k2"], "customer_id": ["C1", "C2"],
+                             "payment_method_id": ["PM1", "PM2"], "token": ["tok", "tok"], "charge_cents": [1000, -3000]})
+    recorded = []
+    with pytest.raises(ValueError, match="1 charge requests of zero or less, none sent: k2"):
+        run_charges(requests, gateway, ChargeSettings(), recorded.append)
+    assert gateway.captured() == {} and recorded == []
+
+
 def test_block_posts_dues_and_charges_no_one(tmp_path):
     """Two billable customers, one flagged (no payment method): 50 % > 2 %, the window blocks."""
     data = write_export(tmp_path / "data", customers=[customer("C1"), customer("C2")],
