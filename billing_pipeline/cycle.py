@@ -250,24 +250,14 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
         GROUP BY ALL HAVING count(*) FILTER (WHERE NOT c.posted) > 0""",
                 _keys=customer_days.select("customer_id", "business_date", "facility_id"), _runs=runs,
                 params={"since": dues_since(conn, runs)})
+    # A hold is not an attempt (SPEC 1.4): a customer held for their own data is swept again as
+    # soon as it is fixed, not a rolling interval later.
     last_attempts = query(conn, """
-        WITH attempts AS (
-            SELECT a.customer_id, arg_max(a.business_date, a.business_date) AS last_attempt_date,
-                   arg_max(a.outcome, a.business_date) AS last_outcome
-            FROM billing_attempts a JOIN _keys k
-              ON a.customer_id = k.customer_id AND a.business_date < k.business_date
-            GROUP BY a.customer_id),
-        -- Being held for the customer's own data (no payment method, duplicate) counts as being
-        -- billed for the rolling sweep interval; a blocked window does not.
-        billed AS (
-            SELECT b.customer_id, max(b.business_date) AS last_billed_date
-            FROM billable_customers b JOIN _keys k
-              ON b.customer_id = k.customer_id AND b.business_date < k.business_date
-            WHERE b.hold_reason IS DISTINCT FROM 'billing_blocked'
-            GROUP BY b.customer_id)
-        SELECT coalesce(a.customer_id, b.customer_id) AS customer_id, a.last_attempt_date, a.last_outcome,
-               greatest(a.last_attempt_date, b.last_billed_date) AS last_billed_date
-        FROM attempts a FULL JOIN billed b USING (customer_id)""", _keys=keys)
+        SELECT a.customer_id, arg_max(a.business_date, a.business_date) AS last_attempt_date,
+               arg_max(a.outcome, a.business_date) AS last_outcome
+        FROM billing_attempts a JOIN _keys k
+          ON a.customer_id = k.customer_id AND a.business_date < k.business_date
+        GROUP BY a.customer_id""", _keys=keys)
     duplicates, without_payment_method = night.duplicates, night.without_payment_method
     qualifying = (night.customer_contracts.filter(pl.col("status").is_in(contract_status.IN_EFFECT)
                                          & pl.col("contract_type").is_in(billable_rules.QUALIFYING_TYPES))

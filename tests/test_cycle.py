@@ -182,6 +182,26 @@ def test_a_charge_of_zero_or_less_is_never_sent(tmp_path):
     assert gateway.captured() == {} and recorded == []
 
 
+def test_a_rolling_sweep_counts_from_the_last_attempt_not_a_hold(tmp_path):
+    """Rolling sweeps every 7 days. C1 owes an open charge and has no card on the 1st (held
+    no_payment_method); the next export has one: the 2nd sweeps and charges C1, as a customer
+    who never had a billing attempt (SPEC 1.4), not a rolling interval after the hold."""
+    fac = [facility(sweep_mode="rolling", rolling_sweep_days=7)]
+    contracts = [contract("K1", start_date=D(2026, 2, 20))]
+    charges = [dict(charge_id="CH1", customer_id="C1", facility_id="F1", product_id="RETAIL", amount_cents=5000,
+                    posted_date=D(2025, 12, 20), due_date=D(2025, 12, 31))]
+    db = tmp_path / "billing.duckdb"
+    run(write_export(tmp_path / "data", facilities=fac, contracts=contracts, charges=charges, payment_methods=[]),
+        db, D(2026, 1, 1), D(2026, 1, 1))
+    run(write_export(tmp_path / "data", facilities=fac, contracts=contracts, charges=charges,
+                     payment_methods=[card("C1")]), db, D(2026, 1, 2), D(2026, 1, 3))
+    with duckdb.connect(str(db), read_only=True) as conn:
+        billed = conn.sql("SELECT business_date, reasons, hold_reason FROM billable_customers ORDER BY 1").fetchall()
+        charged = conn.sql("SELECT business_date, amount_cents, outcome FROM billing_attempts").fetchall()
+    assert billed == [(D(2026, 1, 1), ["sweep_rolling"], "no_payment_method"), (D(2026, 1, 2), ["sweep_rolling"], None)]
+    assert charged == [(D(2026, 1, 2), 5000, "approved")]
+
+
 def test_block_posts_dues_and_charges_no_one(tmp_path):
     """Two billable customers, one flagged (no payment method): 50 % > 2 %, the window blocks."""
     data = write_export(tmp_path / "data", customers=[customer("C1"), customer("C2")],
