@@ -187,9 +187,16 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
     # period it has in the ledger: new by construction, a plain INSERT (the primary key refuses
     # one that is not: a wrong contract_periods fails the night instead of skipping a period).
     # The others (a rerun, a late day) may be posted already: those that are, are left out.
-    entries = ledger.dues_entries(out["dues_postings"])
     maybe_posted = pl.col("contract_id").is_in(posted.filter(pl.col("posted_since")).get_column("contract_id").implode())
     with transaction(conn):
+        # A period another facility-day already posted is that day's: an earlier day rerun
+        # after it (its data fixed since) neither lists it as due nor posted (the ledger has it
+        # once, under the later day, and the later day billed it).
+        elsewhere = ledger.posted_by_other_days(conn, out["dues_postings"].filter(maybe_posted))
+        if elsewhere.height:
+            for table in ("due_contracts", "dues_postings"):
+                out[table] = out[table].join(elsewhere, on=["contract_id", "bill_date"], how="anti")
+        entries = ledger.dues_entries(out["dues_postings"])
         for table in ("due_contracts", "dues_postings", "dues_posting_errors"):
             replace_facility_days(conn, table, out[table], night.facility_days)
         new_entries = (ledger.post_new_entries(conn, entries.filter(~maybe_posted))

@@ -15,7 +15,7 @@ import pytest
 
 from billing_pipeline.demo_data import generate
 from billing_pipeline.runner import RunOptions, run_dates
-from tests.factories import D, card, change, contract, customer, facility, write_export
+from tests.factories import D, card, change, contract, customer, facility, plan, write_export
 
 START = dt.date(2026, 3, 28)
 TABLES = ["contract_status_daily", "status_change_errors", "due_contracts", "dues_postings", "dues_posting_errors",
@@ -200,6 +200,31 @@ def test_a_rolling_sweep_counts_from_the_last_attempt_not_a_hold(tmp_path):
         charged = conn.sql("SELECT business_date, amount_cents, outcome FROM billing_attempts").fetchall()
     assert billed == [(D(2026, 1, 1), ["sweep_rolling"], "no_payment_method"), (D(2026, 1, 2), ["sweep_rolling"], None)]
     assert charged == [(D(2026, 1, 2), 5000, "approved")]
+
+
+def test_an_earlier_day_rerun_with_fixed_data_leaves_a_later_days_posting_to_it(tmp_path):
+    """K1's plan is unknown on Mar 15 and 16 (dues errors); the export is fixed and Mar 20
+    posts and charges the Mar 15 period. Rerunning Mar 16 with the fixed export then finds that
+    period in the ledger under Mar 20: it neither lists it as due nor as posted on the 16th, the
+    ledger check passes, and no one is charged again."""
+    plans = [plan(plan_id="M", frequency="monthly", schedule="contract")]
+
+    def export(plan_id):
+        return write_export(tmp_path / "data", facilities=[facility(timezone="UTC")], plans=plans,
+                            contracts=[contract("K1", plan_id=plan_id, start_date=D(2024, 3, 15))])
+    db = tmp_path / "billing.duckdb"
+    run(export("NOPE"), db, D(2024, 3, 15), D(2024, 3, 16))
+    run(export("M"), db, D(2024, 3, 20), D(2024, 3, 20))
+    summary, = run(export("M"), db, D(2024, 3, 16), D(2024, 3, 16))
+    assert summary.ledger_problems == {name: 0 for name in summary.ledger_problems}
+    with duckdb.connect(str(db), read_only=True) as conn:
+        postings = conn.sql("SELECT business_date, bill_date FROM dues_postings").fetchall()
+        due = conn.sql("SELECT business_date, bill_date FROM due_contracts").fetchall()
+        ledger = conn.sql("SELECT business_date, kind, amount_cents FROM ledger ORDER BY kind").fetchall()
+        charged = conn.sql("SELECT business_date, amount_cents FROM billing_attempts").fetchall()
+    assert postings == due == [(D(2024, 3, 20), D(2024, 3, 15))]
+    assert ledger == [(D(2024, 3, 20), "billing_payment", -5000), (D(2024, 3, 20), "dues", 5000)]
+    assert charged == [(D(2024, 3, 20), 5000)]
 
 
 def test_block_posts_dues_and_charges_no_one(tmp_path):

@@ -77,6 +77,17 @@ def post_entries(conn: duckdb.DuckDBPyConnection, entries: pl.DataFrame) -> int:
     return inserted.num_rows
 
 
+def posted_by_other_days(conn: duckdb.DuckDBPyConnection, postings: pl.DataFrame) -> pl.DataFrame:
+    """contract_id, bill_date of the dues `postings` (with their entry_id) whose period is in the
+    ledger under another facility-day than the posting's."""
+    if postings.is_empty():
+        return postings.select("contract_id", "bill_date")
+    return query(conn, """
+        SELECT p.contract_id, p.bill_date FROM _postings p JOIN ledger l USING (entry_id)
+        WHERE l.business_date <> p.business_date OR l.facility_id <> p.facility_id""",
+                 _postings=postings.select("entry_id", "contract_id", "bill_date", "business_date", "facility_id"))
+
+
 def post_new_entries(conn: duckdb.DuckDBPyConnection, entries: pl.DataFrame) -> int:
     """Appends entries that cannot be in the ledger yet, and moves balances by them (inside a
     transaction): the payments and surcharges of charges whose outcomes go into
