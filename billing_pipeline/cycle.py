@@ -116,22 +116,28 @@ def maintenance(conn: duckdb.DuckDBPyConnection, night: Night) -> dict[str, pl.D
     days = night.facility_days
     refuse_superseded_days(conn, days)
     statuses = night.contracts.select("business_date", "facility_id", "contract_id", "customer_id", "status")
-    previous = previous_runs(conn, days).select("facility_id", "business_date", "previous_business_date")
-    days_with_previous = days.join(previous, on=["facility_id", "business_date"])
     # Reported under the facility that processes the contract (its customer's home when its own
     # facility does not exist), as its dues errors are. Only the changed contracts' facilities are
     # made unique: a unique over every routed contract cost 2.4 GiB at 10M contracts.
     changed_keys = night.changes.lazy().select("contract_key").unique()
     processing = night.routed.lazy().select("contract_key", "facility_id").join(changed_keys, on="contract_key",
                                                                                how="semi").unique()
-    changes = night.changes.lazy().join(processing, on="contract_key")
-    errors = contract_status.status_change_errors(changes, days_with_previous.lazy()).collect()
+    columns = ["facility_id", "change_id", "contract_id", "kind", "effective_date", "state_before", "applies"]
+    changes = pl.concat([night.changes.lazy().join(processing, on="contract_key").select(columns),
+                         night.unknown_contract_changes.lazy().select(columns)])
+    errors = contract_status.status_change_errors(changes, days.lazy(), reported_changes(conn, changes)).collect()
     with transaction(conn):
         mark_processed(conn, days)
         changed = status_changes_since_last_day(conn, statuses, days)
         replace_facility_days(conn, "contract_status_log", changed, days)
         replace_facility_days(conn, "status_change_errors", errors, days)
     return {"contract_status_daily": statuses, "contract_status_log": changed, "status_change_errors": errors}
+
+
+def reported_changes(conn: duckdb.DuckDBPyConnection, changes: pl.LazyFrame) -> pl.LazyFrame:
+    """change_id, business_date of the stored reports of the changes that do not apply."""
+    return query(conn, "SELECT DISTINCT e.change_id, e.business_date FROM status_change_errors e SEMI JOIN _ids USING (change_id)",
+                 _ids=changes.filter(~pl.col("applies")).select("change_id").collect()).lazy()
 
 
 def mark_processed(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame) -> None:

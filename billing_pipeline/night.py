@@ -85,6 +85,24 @@ class Night:
         return contract_status.applied_changes(self.own_contracts.lazy(), self.inputs.status_changes.lazy()).collect()
 
     @cached_property
+    def unknown_contract_changes(self) -> pl.DataFrame:
+        """Status changes naming a contract the export does not have, under the export's first
+        facility (which reports what has no facility to go to, as `dues.contracts_for_days` routes
+        a contract of unknown facility and customer); none for a batch without that facility."""
+        first = self.inputs.facilities.get_column("facility_id").min()
+        changes = self.inputs.status_changes
+        if not (self.facility_days.get_column("facility_id") == first).any():
+            changes = changes.clear()
+        elif self.own_contracts is self.keyed_contracts:
+            # Every contract's changes are in `changes` already: the rest name no contract (an
+            # anti join on the change ids, not on 10M contract ids).
+            changes = changes.join(self.changes.select("change_id"), on="change_id", how="anti")
+        else:
+            changes = changes.join(self.keyed_contracts.select("contract_id"), on="contract_id", how="anti")
+        return changes.with_columns(pl.lit(first, pl.String).alias("facility_id"),
+                                    pl.lit(None, pl.String).alias("state_before"), pl.lit(False).alias("applies"))
+
+    @cached_property
     def timeline(self) -> pl.DataFrame:
         return contract_status.status_timeline(self.own_contracts.lazy(), self.changes.lazy()).collect()
 

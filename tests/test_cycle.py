@@ -469,6 +469,29 @@ def test_ledger_check_compares_the_ledger_with_what_happened(tmp_path):
         assert found["balance_mismatches"] == 0  # the balances moved with the forged entry: not enough alone
 
 
+def test_a_change_exported_after_its_date_ran_and_one_of_an_unknown_contract_are_reported_once(tmp_path):
+    """Apr 1 and 2 ran; the next export adds a thaw of K1 effective Mar 5 (K1 was never frozen)
+    and a freeze of K9, which does not exist. Apr 10 reports both (K9's under the export's first
+    facility, F1); Apr 11 does not again, nor does a rerun of Apr 2."""
+    facilities = [facility(facility_id="F1", timezone="UTC"), facility(facility_id="F2", timezone="UTC")]
+    customers = [customer("C1", facility_id="F2")]
+    contracts = [contract("K1", facility_id="F2")]
+    db = tmp_path / "billing.duckdb"
+    run(write_export(tmp_path / "data", facilities=facilities, customers=customers, contracts=contracts),
+        db, D(2026, 4, 1), D(2026, 4, 2))
+    data = write_export(tmp_path / "data", facilities=facilities, customers=customers, contracts=contracts,
+                        status_changes=[change("S1", "K1", "thaw", D(2026, 3, 5)),
+                                        change("S9", "K9", "freeze", D(2026, 3, 20))])
+    run(data, db, D(2026, 4, 10), D(2026, 4, 11))
+    run(data, db, D(2026, 4, 2), D(2026, 4, 2))
+    with duckdb.connect(str(db), read_only=True) as conn:
+        errors = conn.execute("SELECT business_date, facility_id, change_id, contract_id, error_code, message "
+                              "FROM status_change_errors ORDER BY change_id").fetchall()
+    assert errors == [
+        (D(2026, 4, 10), "F2", "S1", "K1", "not_applicable", "thaw effective 2026-03-05 does not apply: the contract is active then"),
+        (D(2026, 4, 10), "F1", "S9", "K9", "not_applicable", "freeze effective 2026-03-20 does not apply: contract K9 is not in the export")]
+
+
 def test_a_status_change_of_a_contract_at_an_unknown_facility_is_reported_at_the_customers_home(tmp_path):
     """K1's facility FX does not exist: its dues error and its thaw that does not apply (it was
     never frozen) are both reported under F1, its customer's home facility."""

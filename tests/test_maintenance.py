@@ -49,12 +49,12 @@ def reported(contracts: list[dict], changes: list[dict], processed: list[dt.date
     keyed = contract_status.with_contract_key(t["contracts"])
     applied = contract_status.applied_changes(keyed.lazy(), t["status_changes"].lazy())
     with_facility = applied.join(t["contracts"].lazy().select("contract_id", "facility_id"), on="contract_id")
-    # One row per nightly run, each with the facility's previous processed date (a batch of nights
-    # gives the same rows as running them one by one: each row is judged on its own).
-    nights = pl.DataFrame({"facility_id": ["F1"] * len(processed), "business_date": processed,
-                           "previous_business_date": [None, *processed[:-1]]},
-                          schema={"facility_id": pl.String, "business_date": pl.Date, "previous_business_date": pl.Date})
-    errors = contract_status.status_change_errors(with_facility, nights.lazy()).collect()
+    # Night after night, each seeing the reports stored by the nights before.
+    errors = pl.DataFrame(schema={"business_date": pl.Date, "change_id": pl.String})
+    for day in processed:
+        night = pl.DataFrame({"facility_id": ["F1"], "business_date": [day]})
+        errors = pl.concat([errors, contract_status.status_change_errors(with_facility, night.lazy(), errors.lazy())
+                            .collect()], how="diagonal_relaxed")
     assert set(errors["error_code"]) <= {"not_applicable"}
     assert all(m for m in errors["message"])
     out = list(zip(errors["business_date"], errors["change_id"]))

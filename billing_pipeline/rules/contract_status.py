@@ -170,22 +170,35 @@ def status_on(timeline: pl.LazyFrame, pairs: pl.LazyFrame, date_col: str) -> pl.
     return frame.with_columns(status.scatter(looked_up.get_column("_row"), looked_up.get_column("status"))).lazy()
 
 
-def status_change_errors(changes: pl.LazyFrame, facility_days: pl.LazyFrame) -> pl.LazyFrame:
-    """Changes that do not apply, reported once: on the first processed date on or after them.
+def status_change_errors(changes: pl.LazyFrame, facility_days: pl.LazyFrame, reported: pl.LazyFrame) -> pl.LazyFrame:
+    """Changes that do not apply, reported once: on the first processed date on or after them
+    that sees them (a change exported after that date ran, or one that stopped applying when an
+    earlier change arrived, is reported by the next night).
 
-    `changes` carries the contract's `facility_id`; `facility_days` has facility_id,
-    business_date and previous_business_date (the facility's last processed date before).
+    `changes` carries the contract's `facility_id`; one of a contract the export does not have
+    has `state_before` null. `facility_days` has facility_id, business_date. `reported`:
+    change_id, business_date of the reports already stored (a rerun reports again on its own
+    date what it reported there, never what another date reported).
     """
-    return (
+    candidates = (
         changes.filter(~pl.col("applies"))
-        .join(facility_days, on="facility_id", how="inner")
-        .filter((pl.col("effective_date") <= pl.col("business_date"))
-                & (pl.col("previous_business_date").is_null()
-                   | (pl.col("effective_date") > pl.col("previous_business_date"))))
+        .join(facility_days.select("facility_id", "business_date"), on="facility_id", how="inner")
+        .filter(pl.col("effective_date") <= pl.col("business_date"))
+    )
+    elsewhere = (candidates.select("change_id", "business_date")
+                 .join(reported.select("change_id", pl.col("business_date").alias("reported_on")), on="change_id")
+                 .filter(pl.col("reported_on") != pl.col("business_date"))
+                 .select("change_id", "business_date").unique())
+    return (
+        candidates.join(elsewhere, on=["change_id", "business_date"], how="anti")
         .select(
             "business_date", "facility_id", "change_id", "contract_id",
             pl.lit("not_applicable").alias("error_code"),
-            fmt("{} effective {} does not apply: the contract is {} then",
-                      pl.col("kind"), pl.col("effective_date"), pl.col("state_before")).alias("message"),
+            pl.when(pl.col("state_before").is_null())
+            .then(fmt("{} effective {} does not apply: contract {} is not in the export",
+                      pl.col("kind"), pl.col("effective_date"), pl.col("contract_id")))
+            .otherwise(fmt("{} effective {} does not apply: the contract is {} then",
+                           pl.col("kind"), pl.col("effective_date"), pl.col("state_before"))).alias("message"),
         )
+        .sort("facility_id", "change_id")
     )
