@@ -161,20 +161,24 @@ def stamp_first(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame, column: str
 
 def status_changes_since_last_day(conn: duckdb.DuckDBPyConnection, statuses: pl.DataFrame,
                                   days: pl.DataFrame) -> pl.DataFrame:
-    """Contracts whose status on D differs from their status on the facility's last processed
-    date before D: the only rows stored, so 10M contracts do not cost 10M rows a day."""
+    """Contracts whose status on D, or whose facility, differs from their last logged row before D
+    among the batch's facilities: the only rows stored, so 10M contracts do not cost 10M rows a
+    day. (A contract moved to another facility gets a row there: the daily view shows it under
+    its new facility from D on.)"""
     # DuckDB compares and answers with row numbers: at 10M contracts, bringing every previous
     # status back into Polars to join there cost 9 s a night; the row numbers cost about 3.
     changed = query(conn, """
         WITH before AS (
-            SELECT l.contract_id, arg_max(l.status, l.business_date) AS previous_status
+            SELECT l.contract_id, arg_max(l.status, l.business_date) AS previous_status,
+                   arg_max(l.facility_id, l.business_date) AS previous_facility_id
             FROM contract_status_log l JOIN _days d
               ON l.facility_id = d.facility_id AND l.business_date < d.business_date
             GROUP BY l.contract_id)
         SELECT s.row FROM _statuses s LEFT JOIN before b USING (contract_id)
-        WHERE b.previous_status IS DISTINCT FROM s.status""",
+        WHERE b.previous_status IS DISTINCT FROM s.status OR b.previous_facility_id IS DISTINCT FROM s.facility_id""",
                     _days=days.select("facility_id", "business_date"),
-                    _statuses=statuses.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("row"), "contract_id", "status"))
+                    _statuses=statuses.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("row"), "contract_id",
+                                              "facility_id", "status"))
     return statuses[changed.get_column("row").sort()]
 
 

@@ -121,6 +121,24 @@ def test_status_log_keeps_only_changes_and_the_daily_view_every_day(tmp_path):
     assert daily == [("K1", 5, "active,frozen,frozen,active,active"), ("K2", 5, "active,active,active,active,active")]
 
 
+def test_a_contract_moved_to_another_facility_is_shown_under_it_from_then_on(tmp_path):
+    """K1 is at F1 on Jan 1 and 2; the next export has it at F2: the daily view shows it under F2
+    from Jan 3 (a log row there, though its status did not change), and a rerun changes nothing."""
+    facilities = [facility(facility_id="F1", timezone="UTC"), facility(facility_id="F2", timezone="UTC")]
+    db = tmp_path / "billing.duckdb"
+    run(write_export(tmp_path / "data", facilities=facilities, contracts=[contract("K1", facility_id="F1")]),
+        db, D(2026, 1, 1), D(2026, 1, 2))
+    data = write_export(tmp_path / "data", facilities=facilities, contracts=[contract("K1", facility_id="F2")])
+    run(data, db, D(2026, 1, 3), D(2026, 1, 4))
+    before = snapshot(db)
+    run(data, db, D(2026, 1, 3), D(2026, 1, 3))
+    assert all(before[name].equals(table) for name, table in snapshot(db).items())
+    with duckdb.connect(str(db), read_only=True) as conn:
+        daily = conn.sql("SELECT business_date, facility_id, status FROM contract_status_daily ORDER BY 1").fetchall()
+    assert daily == [(D(2026, 1, 1), "F1", "active"), (D(2026, 1, 2), "F1", "active"),
+                     (D(2026, 1, 3), "F2", "active"), (D(2026, 1, 4), "F2", "active")]
+
+
 def test_surcharge_posted_only_when_approved(tmp_path):
     data = write_export(
         tmp_path / "data",
