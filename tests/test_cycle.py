@@ -139,6 +139,24 @@ def test_a_contract_moved_to_another_facility_is_shown_under_it_from_then_on(tmp
                      (D(2026, 1, 3), "F2", "active"), (D(2026, 1, 4), "F2", "active")]
 
 
+def test_a_duplicate_ended_from_its_start_as_its_error_says_catches_up_only_the_other(tmp_path):
+    """K1 and K2 (one plan, one customer) are held as duplicates on Jan 1 and Feb 1, and the error
+    says how to resolve one entered by mistake; K2 terminated effective its start: Feb 10 posts
+    K1's two held periods, none of K2's."""
+    contracts = [contract("K1", start_date=D(2024, 1, 1)), contract("K2", start_date=D(2024, 1, 1))]
+    fac = [facility(timezone="UTC")]
+    db = tmp_path / "billing.duckdb"
+    run(write_export(tmp_path / "data", facilities=fac, contracts=contracts), db, D(2024, 1, 1), D(2024, 1, 1))
+    run(write_export(tmp_path / "data", facilities=fac, contracts=contracts), db, D(2024, 2, 1), D(2024, 2, 1))
+    run(write_export(tmp_path / "data", facilities=fac, contracts=contracts,
+                     status_changes=[change("S1", "K2", "terminate", D(2024, 1, 1))]), db, D(2024, 2, 10), D(2024, 2, 10))
+    with duckdb.connect(str(db), read_only=True) as conn:
+        messages = {m for (m,) in conn.sql("SELECT DISTINCT message FROM dues_posting_errors").fetchall()}
+        dues = conn.sql("SELECT contract_id, bill_date, business_date FROM ledger WHERE kind = 'dues' ORDER BY 2").fetchall()
+    assert len(messages) == 1 and "terminate a contract entered by mistake effective its start date" in messages.pop()
+    assert dues == [("K1", D(2024, 1, 1), D(2024, 2, 10)), ("K1", D(2024, 2, 1), D(2024, 2, 10))]
+
+
 def test_surcharge_posted_only_when_approved(tmp_path):
     data = write_export(
         tmp_path / "data",

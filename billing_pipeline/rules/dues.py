@@ -114,8 +114,11 @@ def data_errors(processed: pl.LazyFrame, duplicate_customers: pl.LazyFrame) -> p
     ]
     parts.append(held.select(
         *columns, pl.lit("duplicate_contract").alias("error_code"),
-        fmt("customer {} has two or more contracts in effect for one plan: held until resolved",
-                  "customer_id").alias("message")))
+        # The held periods of every contract still in effect on their bill dates catch up once
+        # resolved: a contract that never should have existed must end from its start.
+        fmt("customer {} has two or more contracts in effect for one plan: held until resolved; the periods held "
+            "catch up for each contract that was in effect on them, so terminate a contract entered by mistake "
+            "effective its start date (or export it as terminated)", "customer_id").alias("message")))
     return pl.concat(parts, how="vertical")
 
 
