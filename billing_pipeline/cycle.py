@@ -267,8 +267,6 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
         GROUP BY ALL HAVING count(*) FILTER (WHERE NOT c.posted) > 0""",
                 _keys=customer_days.select("customer_id", "business_date", "facility_id"), _runs=runs,
                 params={"since": dues_since(conn, runs)})
-    # A hold is not an attempt (SPEC 1.4): a customer held for their own data is swept again as
-    # soon as it is fixed, not a rolling interval later.
     last_attempts = query(conn, """
         SELECT a.customer_id, arg_max(a.business_date, a.business_date) AS last_attempt_date,
                arg_max(a.outcome, a.business_date) AS last_outcome
@@ -276,6 +274,9 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
           ON a.customer_id = k.customer_id AND a.business_date < k.business_date
         GROUP BY a.customer_id""", _keys=keys)
     duplicates, without_payment_method = night.duplicates, night.without_payment_method
+    last_attempts = (last_attempts.join(rolling_holds(conn, night, day_settings), on="customer_id", how="full",
+                                        coalesce=True)
+                     .with_columns(pl.max_horizontal("last_attempt_date", "last_held_date").alias("last_billed_date")))
     qualifying = (night.customer_contracts.filter(pl.col("status").is_in(contract_status.IN_EFFECT)
                                          & pl.col("contract_type").is_in(billable_rules.QUALIFYING_TYPES))
                   .select("customer_id", "business_date"))
@@ -305,6 +306,34 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
             replace_facility_days(conn, table, frame, night.facility_days)
         stamp_first(conn, night.facility_days, "billed_first_at")
     return out
+
+
+def rolling_holds(conn: duckdb.DuckDBPyConnection, night: Night, day_settings: pl.DataFrame) -> pl.DataFrame:
+    """customer_id, last_held_date: customers of rolling-sweep facilities held for their own data
+    (no payment method, duplicate contract) within the last rolling interval, and still so tonight.
+    Such a customer counts as billed on that day for the rolling sweep: swept every interval
+    while stuck, not every night, where they would keep a quiet night's flagged share over the
+    block limit. Once fixed, the hold no longer counts (a hold is not an attempt, SPEC 1.4): they
+    are swept the first night after, not an interval later."""
+    rolling = day_settings.filter((pl.col("sweep_mode") == "rolling") & pl.col("rolling_sweep_days").is_not_null())
+    empty = pl.DataFrame(schema={"customer_id": pl.String, "last_held_date": pl.Date})
+    if rolling.is_empty():
+        return empty
+    keys = night.customer_days.join(rolling.select("facility_id", "business_date", "rolling_sweep_days"),
+                                    on=["facility_id", "business_date"])
+    since = rolling.select((pl.col("business_date") - pl.duration(days=pl.col("rolling_sweep_days"))).min()).item()
+    held = query(conn, """
+        SELECT b.customer_id, k.business_date, max(b.business_date) AS last_held_date
+        FROM billable_customers b JOIN _keys k
+          ON b.customer_id = k.customer_id AND b.business_date < k.business_date
+         AND b.business_date >= k.business_date - k.rolling_sweep_days::INTEGER
+        WHERE b.business_date >= $since AND b.hold_reason IN ('no_payment_method', 'duplicate_contract')
+        GROUP BY ALL""", params={"since": since},
+                 _keys=keys.select("customer_id", "business_date", "rolling_sweep_days"))
+    day = ["customer_id", "business_date"]
+    still = pl.concat([held.join(night.usable_methods.select(day), on=day, how="anti"),
+                       held.join(night.duplicates.select(day), on=day, how="semi")])
+    return still.group_by("customer_id").agg(pl.col("last_held_date").max())
 
 
 def window_neighbours(conn: duckdb.DuckDBPyConnection, night: Night) -> pl.DataFrame:

@@ -53,8 +53,10 @@ def billable(day: dt.date = DAY, *, balance: dict[str, int], due: dict[str, tupl
     due_frame = pl.DataFrame([(c, day, d, p) for c, (d, p) in due.items()], orient="row",
                              schema={**KEYS, "due_cents": pl.Int64, "posted_cents": pl.Int64})
     last = last or {}
-    last_frame = pl.DataFrame([(c, d, o) for c, (d, o) in last.items()], orient="row",  # the latest attempt before D
-                              schema={"customer_id": pl.String, "last_attempt_date": pl.Date, "last_outcome": pl.String})
+    # The latest attempt before D; it is also the latest time the customer was billed.
+    last_frame = pl.DataFrame([(c, d, o, d) for c, (d, o) in last.items()], orient="row",
+                              schema={"customer_id": pl.String, "last_attempt_date": pl.Date, "last_outcome": pl.String,
+                                      "last_billed_date": pl.Date})
     # A row per qualifying contract, as the cycle passes them: two each.
     qual = pl.DataFrame([(c, day) for c in sorted(qualifying or set()) for _ in range(2)], orient="row", schema=KEYS)
     candidates = rules.with_reasons(days.lazy(), due_frame.lazy(), last_frame.lazy(), qual.lazy())

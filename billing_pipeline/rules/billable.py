@@ -71,7 +71,9 @@ def with_reasons(customer_days: pl.LazyFrame, due: pl.LazyFrame, last_attempts: 
     customer_days: customer_id + `facility_day_settings` of the home facility's day.
     due: customer_id, business_date, due_cents (dues due tonight before holds), posted_cents
     (what of it posted). last_attempts: customer_id, last_attempt_date, last_outcome (latest
-    attempt before D: retries and rolling sweeps count from it). qualifying: customer_id, business_date of customers with a membership /
+    attempt before D: retries count from it), last_billed_date (rolling sweeps count from it: the
+    latest attempt, or a later hold for the customer's own data that still applies,
+    `cycle.rolling_holds`). qualifying: customer_id, business_date of customers with a membership /
     program / pass contract in effect on D (a row per contract will do).
     """
     d = pl.col("business_date")
@@ -82,7 +84,8 @@ def with_reasons(customer_days: pl.LazyFrame, due: pl.LazyFrame, last_attempts: 
         & (days_since >= pl.col("retry_declined_after_days")),
         "sweep_fixed": pl.col("fixed_sweep_today"),
         "sweep_rolling": (pl.col("sweep_mode") == "rolling") & pl.col("rolling_sweep_days").is_not_null()
-        & (pl.col("last_attempt_date").is_null() | (days_since >= pl.col("rolling_sweep_days"))),
+        & (pl.col("last_billed_date").is_null()
+           | ((d - pl.col("last_billed_date")).dt.total_days() >= pl.col("rolling_sweep_days"))),
     }
     keys = ["customer_id", "business_date"]
     flags = [f"_{name}" for name in reasons]
