@@ -135,8 +135,9 @@ def maintenance(conn: duckdb.DuckDBPyConnection, night: Night) -> dict[str, pl.D
 
 
 def reported_changes(conn: duckdb.DuckDBPyConnection, changes: pl.LazyFrame) -> pl.LazyFrame:
-    """change_id, business_date of the stored reports of the changes that do not apply."""
-    return query(conn, "SELECT DISTINCT e.change_id, e.business_date FROM status_change_errors e SEMI JOIN _ids USING (change_id)",
+    """change_id, business_date, facility_id of the stored reports of the changes that do not apply."""
+    return query(conn, "SELECT DISTINCT e.change_id, e.business_date, e.facility_id FROM status_change_errors e "
+                       "SEMI JOIN _ids USING (change_id)",
                  _ids=changes.filter(~pl.col("applies")).select("change_id").collect()).lazy()
 
 

@@ -50,7 +50,7 @@ def reported(contracts: list[dict], changes: list[dict], processed: list[dt.date
     applied = contract_status.applied_changes(keyed.lazy(), t["status_changes"].lazy())
     with_facility = applied.join(t["contracts"].lazy().select("contract_id", "facility_id"), on="contract_id")
     # Night after night, each seeing the reports stored by the nights before.
-    errors = pl.DataFrame(schema={"business_date": pl.Date, "change_id": pl.String})
+    errors = pl.DataFrame(schema={"business_date": pl.Date, "change_id": pl.String, "facility_id": pl.String})
     for day in processed:
         night = pl.DataFrame({"facility_id": ["F1"], "business_date": [day]})
         errors = pl.concat([errors, contract_status.status_change_errors(with_facility, night.lazy(), errors.lazy())
@@ -248,6 +248,24 @@ def test_a_rerun_of_the_reporting_date_reports_it_again_for_that_date_only():
     changes = [change("X1", "K1", "thaw", D(2026, 3, 10))]
     first = reported([k], changes, [D(2026, 3, 9), D(2026, 3, 10)])
     assert first == reported([k], changes, [D(2026, 3, 9), D(2026, 3, 10)]) == [(D(2026, 3, 10), "X1")]
+
+
+def test_a_report_stored_by_another_facility_day_is_not_made_again_but_a_rerun_makes_its_own():
+    """X1 does not apply on Mar 10 at F1. Stored by F1's Mar 10 (the rerun of that day): reported
+    again there. Stored by another date, or by another facility on that date (the contract moved,
+    or arrived in the export between two windows): not again."""
+    t = tables([contract("K1")], [change("X1", "K1", "thaw", D(2026, 3, 10))])
+    keyed = contract_status.with_contract_key(t["contracts"])
+    changes = (contract_status.applied_changes(keyed.lazy(), t["status_changes"].lazy())
+               .join(t["contracts"].lazy().select("contract_id", "facility_id"), on="contract_id"))
+    night = pl.DataFrame({"facility_id": ["F1"], "business_date": [D(2026, 3, 10)]})
+
+    def again(stored_on: dt.date, stored_at: str) -> bool:
+        stored = pl.DataFrame({"change_id": ["X1"], "business_date": [stored_on], "facility_id": [stored_at]})
+        return contract_status.status_change_errors(changes, night.lazy(), stored.lazy()).collect().height == 1
+
+    assert again(D(2026, 3, 10), "F1")
+    assert not again(D(2026, 3, 9), "F1") and not again(D(2026, 3, 11), "F1") and not again(D(2026, 3, 10), "F0")
 
 
 def test_changes_that_apply_are_never_reported():

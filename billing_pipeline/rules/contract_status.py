@@ -177,20 +177,24 @@ def status_change_errors(changes: pl.LazyFrame, facility_days: pl.LazyFrame, rep
 
     `changes` carries the contract's `facility_id`; one of a contract the export does not have
     has `state_before` null. `facility_days` has facility_id, business_date. `reported`:
-    change_id, business_date of the reports already stored (a rerun reports again on its own
-    date what it reported there, never what another date reported).
+    change_id, business_date, facility_id of the reports already stored (a rerun reports again
+    on its own facility-day what it reported there, never what another facility-day reported: a
+    contract that moved, or that arrived in the export between two windows of one date).
     """
     candidates = (
         changes.filter(~pl.col("applies"))
         .join(facility_days.select("facility_id", "business_date"), on="facility_id", how="inner")
         .filter(pl.col("effective_date") <= pl.col("business_date"))
     )
-    elsewhere = (candidates.select("change_id", "business_date")
-                 .join(reported.select("change_id", pl.col("business_date").alias("reported_on")), on="change_id")
-                 .filter(pl.col("reported_on") != pl.col("business_date"))
-                 .select("change_id", "business_date").unique())
+    keys = ["change_id", "business_date", "facility_id"]
+    elsewhere = (candidates.select(keys)
+                 .join(reported.select("change_id", pl.col("business_date").alias("reported_on"),
+                                       pl.col("facility_id").alias("reported_at")), on="change_id")
+                 .filter((pl.col("reported_on") != pl.col("business_date"))
+                         | (pl.col("reported_at") != pl.col("facility_id")))
+                 .select(keys).unique())
     return (
-        candidates.join(elsewhere, on=["change_id", "business_date"], how="anti")
+        candidates.join(elsewhere, on=keys, how="anti")
         .select(
             "business_date", "facility_id", "change_id", "contract_id",
             pl.lit("not_applicable").alias("error_code"),
