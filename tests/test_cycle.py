@@ -157,6 +157,31 @@ def test_a_duplicate_ended_from_its_start_as_its_error_says_catches_up_only_the_
     assert dues == [("K1", D(2024, 1, 1), D(2024, 2, 10)), ("K1", D(2024, 2, 1), D(2024, 2, 10))]
 
 
+@pytest.mark.parametrize("rerun", ["whole_date", "facility_alone"])
+def test_a_rerun_keeps_what_its_day_posted_though_the_contract_moved(tmp_path, rerun):
+    """K1 posts its Jan 1 period at A on Jan 1 and C1 is charged. The next export has K1 at B
+    (another time zone): rerunning Jan 1 (the date, or A alone) keeps A's posting, its due row
+    and C1's billable row, as the first run wrote them; nothing is posted or charged again."""
+    facilities = [facility(facility_id="A", timezone="UTC"), facility(facility_id="B", timezone="America/Los_Angeles")]
+
+    def export(at):
+        return write_export(tmp_path / "data", facilities=facilities, customers=[customer("C1", facility_id="A")],
+                            contracts=[contract("K1", facility_id=at)])
+    db = tmp_path / "billing.duckdb"
+    run(export("A"), db, D(2026, 1, 1), D(2026, 1, 1))
+    before = snapshot(db)
+    data = export("B")
+    summary, = run_dates(data, db, D(2026, 1, 1), D(2026, 1, 1), "A" if rerun == "facility_alone" else None,
+                         RunOptions(), echo=lambda _: None)
+    assert summary.ledger_problems == {name: 0 for name in summary.ledger_problems}
+    after = snapshot(db)
+    for table in ("dues_postings", "due_contracts", "billable_customers", "billing_attempts"):
+        assert after[table].equals(before[table]), table
+    with duckdb.connect(str(db), read_only=True) as conn:
+        assert conn.sql("SELECT kind, amount_cents FROM ledger ORDER BY 1").fetchall() == [
+            ("billing_payment", -5000), ("dues", 5000)]
+
+
 def test_surcharge_posted_only_when_approved(tmp_path):
     data = write_export(
         tmp_path / "data",

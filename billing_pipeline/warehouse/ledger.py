@@ -88,6 +88,20 @@ def posted_by_other_days(conn: duckdb.DuckDBPyConnection, postings: pl.DataFrame
                  _postings=postings.select("entry_id", "contract_id", "bill_date", "business_date", "facility_id"))
 
 
+def postings_kept(conn: duckdb.DuckDBPyConnection, facility_days: pl.DataFrame) -> pl.DataFrame:
+    """The stored dues_postings rows of the facility-days whose period the ledger has under that
+    same facility-day: what those days posted, a fact a rerun keeps even when its export no
+    longer gives the period to that day (the contract moved, its schedule was edited)."""
+    dates = facility_days.get_column("business_date")
+    return query(conn, """
+        SELECT p.* EXCLUDE (entry_id), p.entry_id FROM dues_postings p
+        JOIN _days d USING (facility_id, business_date)
+        JOIN ledger l ON l.entry_id = p.entry_id AND l.facility_id = p.facility_id AND l.business_date = p.business_date
+        WHERE p.business_date BETWEEN $lo AND $hi""",
+                 params={"lo": dates.min(), "hi": dates.max()},
+                 _days=facility_days.select("facility_id", "business_date"))
+
+
 def post_new_entries(conn: duckdb.DuckDBPyConnection, entries: pl.DataFrame) -> int:
     """Appends entries that cannot be in the ledger yet, and moves balances by them (inside a
     transaction): the payments and surcharges of charges whose outcomes go into
