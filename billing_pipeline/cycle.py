@@ -212,11 +212,11 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
         # longer gives them the period (the contract moved, its schedule was edited): listed as
         # due and posted, as the first run did, so their billing counts it as before. (In the
         # ledger already: not among the entries to post.)
-        kept = ledger.postings_kept(conn, night.facility_days).join(
-            out["dues_postings"], on=["contract_id", "bill_date"], how="anti")
+        kept = ledger.postings_kept(conn, night.facility_days)
         if kept.height:
             for table in ("due_contracts", "dues_postings"):
-                out[table] = (pl.concat([out[table], kept.select(out[table].columns)])
+                missing = kept.join(out[table], on=["contract_id", "bill_date"], how="anti")
+                out[table] = (pl.concat([out[table], missing.select(out[table].columns)])
                               .sort("facility_id", "contract_id", "bill_date"))
         for table in ("due_contracts", "dues_postings", "dues_posting_errors"):
             replace_facility_days(conn, table, out[table], night.facility_days)

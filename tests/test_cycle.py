@@ -182,6 +182,49 @@ def test_a_rerun_keeps_what_its_day_posted_though_the_contract_moved(tmp_path, r
             ("billing_payment", -5000), ("dues", 5000)]
 
 
+@pytest.mark.parametrize("edit", ["first_bill_date", "dues_cents", "freeze", "duplicate"])
+def test_a_day_rerun_after_its_export_was_edited_keeps_what_it_posted(tmp_path, edit):
+    """Jan 10 posts K1's period (first_bill_date Jan 10, start Jan 8) and charges it. The export
+    is edited (the first bill date dropped: the series moves to the 8th; other dues; a freeze
+    from Jan 5; a duplicate contract) and Jan 10 is rerun: no second period for the month, and
+    its tables still say what the ledger has, once. Feb 8 then bills one period."""
+    fac = [facility(timezone="UTC")]
+    k1 = dict(start_date=D(2026, 1, 8), first_bill_date=D(2026, 1, 10))
+    edited = {"first_bill_date": dict(contracts=[contract("K1", start_date=D(2026, 1, 8))]),
+              "dues_cents": dict(contracts=[contract("K1", dues_cents=7000, **k1)]),
+              "freeze": dict(contracts=[contract("K1", **k1)], plans=[plan(freeze_fee_cents=1000)],
+                             status_changes=[change("S1", "K1", "freeze", D(2026, 1, 5))]),
+              "duplicate": dict(contracts=[contract("K1", **k1), contract("K2", **k1)])}[edit]
+    db = tmp_path / "billing.duckdb"
+    run(write_export(tmp_path / "data", facilities=fac, contracts=[contract("K1", **k1)]), db, D(2026, 1, 10), D(2026, 1, 10))
+    data = write_export(tmp_path / "data", facilities=fac, **edited)
+    summary, = run(data, db, D(2026, 1, 10), D(2026, 1, 10))
+    assert summary.ledger_problems == {name: 0 for name in summary.ledger_problems}
+    with duckdb.connect(str(db), read_only=True) as conn:
+        ledger = conn.sql("SELECT contract_id, bill_date, kind, amount_cents FROM ledger WHERE contract_id IS NOT NULL").fetchall()
+        postings = conn.sql("SELECT contract_id, bill_date, kind, amount_cents FROM dues_postings").fetchall()
+        due = conn.sql("SELECT contract_id, bill_date, kind, amount_cents FROM due_contracts WHERE contract_id = 'K1'").fetchall()
+    assert ledger == postings == due == [("K1", D(2026, 1, 10), "dues", 5000)]
+    if edit == "first_bill_date":
+        run(data, db, D(2026, 1, 11), D(2026, 2, 8))
+        with duckdb.connect(str(db), read_only=True) as conn:
+            charged = conn.sql("SELECT business_date, amount_cents FROM billing_attempts ORDER BY 1").fetchall()
+        assert charged == [(D(2026, 1, 10), 5000), (D(2026, 2, 8), 5000)]
+
+
+def test_the_ledger_check_finds_a_posting_listed_with_other_values_than_posted(tmp_path):
+    """dues_postings edited by hand to another amount: the check after the run's day finds it."""
+    db = tmp_path / "billing.duckdb"
+    run(write_export(tmp_path / "data", facilities=[facility(timezone="UTC")]), db, D(2026, 1, 1), D(2026, 1, 1))
+    from billing_pipeline.warehouse.ledger import ledger_problems
+    from billing_pipeline.warehouse.store import Warehouse
+
+    with Warehouse(db).connect() as conn:
+        conn.execute("UPDATE dues_postings SET amount_cents = 7000")
+        days = pl.DataFrame({"facility_id": ["F1"], "business_date": [D(2026, 1, 1)]})
+        assert ledger_problems(conn, days)["postings_missing_from_ledger"].height == 1
+
+
 def test_surcharge_posted_only_when_approved(tmp_path):
     data = write_export(
         tmp_path / "data",

@@ -154,10 +154,12 @@ def ledger_sums(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame) ->
 
 def last_posted_periods(conn: duckdb.DuckDBPyConnection, contract_days: pl.DataFrame) -> pl.DataFrame:
     """Per contract with a period in the ledger: `last_bill_date`, the latest bill date posted
-    before the business date (null if none), and `posted_since`, whether a period of it was
+    on or before the business date (null if none), and `posted_since`, whether a period of it was
     posted on that date or later (a day rerun, or run late). From contract_periods when its
     latest posting is from an earlier date (every night's case); from the contract's ledger
-    entries otherwise."""
+    entries otherwise. A rerun of D starts after what D itself posted, as the next night would:
+    with an edited schedule (first_bill_date, start date, another facility's billing day) it
+    must not post a second period for one already posted (`postings_kept` lists D's own again)."""
     return query(conn, f"""
         WITH known AS (SELECT c.contract_id, c.business_date, s.last_bill_date, s.last_business_date
                        FROM _days c JOIN contract_periods s USING (contract_id)),
@@ -167,7 +169,7 @@ def last_posted_periods(conn: duckdb.DuckDBPyConnection, contract_days: pl.DataF
                   SELECT contract_id, NULL, true FROM rerun
                   UNION ALL
                   SELECT l.contract_id, l.bill_date, true FROM ledger l JOIN rerun c USING (contract_id)
-                  WHERE l.kind IN {PERIOD_KINDS_SQL} AND l.business_date < c.business_date)
+                  WHERE l.kind IN {PERIOD_KINDS_SQL} AND l.business_date <= c.business_date)
         SELECT contract_id, max(last_bill_date) AS last_bill_date, bool_or(since) AS posted_since
         FROM found GROUP BY contract_id""", _days=contract_days.select("contract_id", "business_date"))
 
@@ -234,8 +236,10 @@ def ledger_problems(conn: duckdb.DuckDBPyConnection,
             GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL LIMIT 100""",
         "postings_missing_from_ledger": f"""
             {ctes}, -- the ledger probes the postings: ANTI JOIN ledger hashed every entry id (1.7 s at 33M)
-            posted AS (SELECT entry_id FROM ledger SEMI JOIN batch_postings USING (entry_id))
-            SELECT p.entry_id FROM batch_postings p ANTI JOIN posted USING (entry_id) ORDER BY 1 LIMIT 100""",
+            -- the same entry, kind and amount: a posting listed with other values than posted is missing too
+            posted AS (SELECT entry_id, kind, amount_cents FROM ledger SEMI JOIN batch_postings USING (entry_id))
+            SELECT p.entry_id FROM batch_postings p ANTI JOIN posted USING (entry_id, kind, amount_cents)
+            ORDER BY 1 LIMIT 100""",
         # The state a night reads instead of the ledger's periods (`last_posted_periods`): after a
         # run, it covers every period the run posted; the daily audit checks it equals the ledger.
         "contract_periods_mismatches": f"""
