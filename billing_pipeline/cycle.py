@@ -125,7 +125,7 @@ def maintenance(conn: duckdb.DuckDBPyConnection, night: Night) -> dict[str, pl.D
     columns = ["facility_id", "change_id", "contract_id", "kind", "effective_date", "state_before", "applies"]
     changes = pl.concat([night.changes.lazy().join(processing, on="contract_key").select(columns),
                          night.unknown_contract_changes.lazy().select(columns)])
-    errors = contract_status.status_change_errors(changes, days.lazy(), reported_changes(conn, changes)).collect()
+    errors = contract_status.status_change_errors(changes, days.lazy(), reported_changes(conn, changes, days)).collect()
     with transaction(conn):
         mark_processed(conn, days)
         changed = status_changes_since_last_day(conn, statuses, days)
@@ -134,11 +134,15 @@ def maintenance(conn: duckdb.DuckDBPyConnection, night: Night) -> dict[str, pl.D
     return {"contract_status_daily": statuses, "contract_status_log": changed, "status_change_errors": errors}
 
 
-def reported_changes(conn: duckdb.DuckDBPyConnection, changes: pl.LazyFrame) -> pl.LazyFrame:
-    """change_id, business_date, facility_id of the stored reports of the changes that do not apply."""
-    return query(conn, "SELECT DISTINCT e.change_id, e.business_date, e.facility_id FROM status_change_errors e "
-                       "SEMI JOIN _ids USING (change_id)",
-                 _ids=changes.filter(~pl.col("applies")).select("change_id").collect()).lazy()
+def reported_changes(conn: duckdb.DuckDBPyConnection, changes: pl.LazyFrame, days: pl.DataFrame) -> pl.LazyFrame:
+    """change_id, business_date, facility_id of the stored reports of the changes that do not
+    apply, but those of the batch's own facility-days: the batch replaces them (a contract moved
+    between its facilities is reported by its new one, and every rerun reports the same)."""
+    return query(conn, """
+        SELECT DISTINCT e.change_id, e.business_date, e.facility_id FROM status_change_errors e
+        SEMI JOIN _ids USING (change_id) ANTI JOIN _days USING (facility_id, business_date)""",
+                 _ids=changes.filter(~pl.col("applies")).select("change_id").collect(),
+                 _days=days.select("facility_id", "business_date")).lazy()
 
 
 def mark_processed(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame) -> None:

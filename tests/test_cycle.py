@@ -579,6 +579,27 @@ def test_a_change_exported_after_its_date_ran_and_one_of_an_unknown_contract_are
         (D(2026, 4, 10), "F1", "S9", "K9", "not_applicable", "freeze effective 2026-03-20 does not apply: contract K9 is not in the export")]
 
 
+def test_a_status_change_error_follows_its_contract_to_another_facility_on_a_rerun(tmp_path):
+    """X1 (a thaw of an active K1) is reported at A on Jan 5; the export moves K1 to B. A rerun of
+    Jan 5 reports it at B, once, and a second rerun leaves it so."""
+    fac = [facility(facility_id="A", timezone="UTC"), facility(facility_id="B", timezone="America/Los_Angeles")]
+
+    def export(at):
+        return write_export(tmp_path / "data", facilities=fac, customers=[customer("C1", facility_id="A")],
+                            contracts=[contract("K1", facility_id=at, start_date=D(2026, 1, 1))],
+                            status_changes=[change("X1", "K1", "thaw", D(2026, 1, 5))])
+    db = tmp_path / "billing.duckdb"
+
+    def errors():
+        with duckdb.connect(str(db), read_only=True) as conn:
+            return conn.sql("SELECT business_date, facility_id, change_id FROM status_change_errors").fetchall()
+    run(export("A"), db, D(2026, 1, 5), D(2026, 1, 5))
+    assert errors() == [(D(2026, 1, 5), "A", "X1")]
+    for _ in range(2):
+        run(export("B"), db, D(2026, 1, 5), D(2026, 1, 5))
+        assert errors() == [(D(2026, 1, 5), "B", "X1")]
+
+
 def test_a_status_change_of_a_contract_at_an_unknown_facility_is_reported_at_the_customers_home(tmp_path):
     """K1's facility FX does not exist: its dues error and its thaw that does not apply (it was
     never frozen) are both reported under F1, its customer's home facility."""
