@@ -334,21 +334,26 @@ def rolling_holds(conn: duckdb.DuckDBPyConnection, night: Night, day_settings: p
     empty = pl.DataFrame(schema={"customer_id": pl.String, "last_held_date": pl.Date})
     if rolling.is_empty():
         return empty
-    keys = night.customer_days.join(rolling.select("facility_id", "business_date", "rolling_sweep_days"),
-                                    on=["facility_id", "business_date"])
+    # The holds of the dates the intervals cover, few (stuck members), read by date (DuckDB skips
+    # the row groups of other dates), then matched with the batch's customers here: sending it
+    # the batch's millions of customer-days cost about 0.5 s a night at 10M contracts.
     since = rolling.select((pl.col("business_date") - pl.duration(days=pl.col("rolling_sweep_days"))).min()).item()
     held = query(conn, """
-        SELECT b.customer_id, k.business_date, max(b.business_date) AS last_held_date
-        FROM billable_customers b JOIN _keys k
-          ON b.customer_id = k.customer_id AND b.business_date < k.business_date
-         AND b.business_date >= k.business_date - k.rolling_sweep_days::INTEGER
-        WHERE b.business_date >= $since AND b.hold_reason IN ('no_payment_method', 'duplicate_contract')
-        GROUP BY ALL""", params={"since": since},
-                 _keys=keys.select("customer_id", "business_date", "rolling_sweep_days"))
+        SELECT customer_id, business_date AS held_on FROM billable_customers
+        WHERE business_date >= $since AND business_date < $until
+          AND hold_reason IN ('no_payment_method', 'duplicate_contract')""",
+                 params={"since": since, "until": rolling.get_column("business_date").max()})
+    if held.is_empty():
+        return empty
     day = ["customer_id", "business_date"]
+    keys = night.customer_days.join(rolling.select("facility_id", "business_date", "rolling_sweep_days"),
+                                    on=["facility_id", "business_date"]).select(*day, "rolling_sweep_days")
+    held = (held.join(keys, on="customer_id")
+            .filter((pl.col("held_on") < pl.col("business_date"))
+                    & (pl.col("held_on") >= pl.col("business_date") - pl.duration(days=pl.col("rolling_sweep_days")))))
     still = pl.concat([held.join(night.usable_methods.select(day), on=day, how="anti"),
                        held.join(night.duplicates.select(day), on=day, how="semi")])
-    return still.group_by("customer_id").agg(pl.col("last_held_date").max())
+    return still.group_by("customer_id").agg(pl.col("held_on").max().alias("last_held_date"))
 
 
 def window_neighbours(conn: duckdb.DuckDBPyConnection, night: Night) -> pl.DataFrame:
