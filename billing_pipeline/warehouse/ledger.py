@@ -93,13 +93,19 @@ def postings_kept(conn: duckdb.DuckDBPyConnection, facility_days: pl.DataFrame) 
     same facility-day: what those days posted, a fact a rerun keeps even when its export no
     longer gives the period to that day (the contract moved, its schedule was edited)."""
     dates = facility_days.get_column("business_date")
-    return query(conn, """
-        SELECT p.* EXCLUDE (entry_id), p.entry_id FROM dues_postings p
-        JOIN _days d USING (facility_id, business_date)
-        JOIN ledger l ON l.entry_id = p.entry_id AND l.facility_id = p.facility_id AND l.business_date = p.business_date
+    # The days' rows first (DuckDB skips the row groups of other dates; none on a first run of
+    # the days, every night's case), then the ledger probed by their ids, not hashed whole.
+    stored = query(conn, """
+        SELECT p.* FROM dues_postings p JOIN _days d USING (facility_id, business_date)
         WHERE p.business_date BETWEEN $lo AND $hi""",
-                 params={"lo": dates.min(), "hi": dates.max()},
-                 _days=facility_days.select("facility_id", "business_date"))
+                   params={"lo": dates.min(), "hi": dates.max()},
+                   _days=facility_days.select("facility_id", "business_date"))
+    if stored.is_empty():
+        return stored
+    return query(conn, """
+        SELECT p.* FROM _stored p SEMI JOIN (SELECT entry_id, facility_id, business_date FROM ledger
+                                             SEMI JOIN _stored USING (entry_id))
+                                  USING (entry_id, facility_id, business_date)""", _stored=stored)
 
 
 def post_new_entries(conn: duckdb.DuckDBPyConnection, entries: pl.DataFrame) -> int:
