@@ -38,6 +38,12 @@ def snapshot(db: Path) -> dict[str, pl.DataFrame]:
     return tables
 
 
+def assert_a_rerun_changes_nothing(data: Path, db: Path, day: dt.date) -> None:
+    before = snapshot(db)
+    run(data, db, day, day)
+    assert all(before[name].equals(table) for name, table in snapshot(db).items())
+
+
 def excluded(table: str) -> str:
     """Wall-clock columns, the only ones allowed to differ between a run and its rerun."""
     return {"billing_attempts": "EXCLUDE (completed_at)"}.get(table, "")
@@ -130,9 +136,7 @@ def test_a_contract_moved_to_another_facility_is_shown_under_it_from_then_on(tmp
         db, D(2026, 1, 1), D(2026, 1, 2))
     data = write_export(tmp_path / "data", facilities=facilities, contracts=[contract("K1", facility_id="F2")])
     run(data, db, D(2026, 1, 3), D(2026, 1, 4))
-    before = snapshot(db)
-    run(data, db, D(2026, 1, 3), D(2026, 1, 3))
-    assert all(before[name].equals(table) for name, table in snapshot(db).items())
+    assert_a_rerun_changes_nothing(data, db, D(2026, 1, 3))
     with duckdb.connect(str(db), read_only=True) as conn:
         daily = conn.sql("SELECT business_date, facility_id, status FROM contract_status_daily ORDER BY 1").fetchall()
     assert daily == [(D(2026, 1, 1), "F1", "active"), (D(2026, 1, 2), "F1", "active"),
@@ -499,9 +503,7 @@ def test_a_fixed_sweep_day_that_did_not_bill_is_swept_by_the_next_billing(tmp_pa
             if the_15th != "first_night_killed_after_maintenance":
                 cycle.post_dues(conn, night)
     run(data, db, D(2026, 4, 16), D(2026, 4, 16))
-    before = snapshot(db)
-    run(data, db, D(2026, 4, 16), D(2026, 4, 16))
-    assert all(before[name].equals(table) for name, table in snapshot(db).items())
+    assert_a_rerun_changes_nothing(data, db, D(2026, 4, 16))
     with duckdb.connect(str(db), read_only=True) as conn:
         billed = conn.sql("SELECT business_date, reasons, balance_cents FROM billable_customers ORDER BY 1").fetchall()
         swept = conn.sql("SELECT business_date, reason, sweep_day FROM sweep_candidates ORDER BY 1").fetchall()
