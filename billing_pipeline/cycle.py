@@ -208,19 +208,25 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
         # after it (its data fixed since) neither lists it as due nor posted (the ledger has it
         # once, under the later day, and the later day billed it).
         elsewhere = ledger.posted_by_other_days(conn, out["dues_postings"].filter(maybe_posted))
+        # A period an edited schedule puts beside one its date already posted stands in for it.
+        rerun_due = out["due_contracts"].filter(maybe_posted)
+        own = ledger.periods_posted_on(conn, rerun_due)
+        if own.height:
+            replaced = dues.stand_ins(rerun_due.lazy(), processed.lazy(), own.lazy()).collect()
+            elsewhere = pl.concat([elsewhere, replaced])
         if elsewhere.height:
             for table in ("due_contracts", "dues_postings"):
                 out[table] = out[table].join(elsewhere, on=["contract_id", "bill_date"], how="anti")
         entries = ledger.dues_entries(out["dues_postings"])
-        # And what a rerun's facility-days posted before stays theirs, even if the export no
-        # longer gives them the period (the contract moved, its schedule was edited): listed as
-        # due and posted, as the first run did, so their billing counts it as before. (In the
-        # ledger already: not among the entries to post.)
+        # And what a rerun's facility-days posted before stays theirs, as the ledger has it, even
+        # if the export no longer gives them the period or gives it other dues (the contract
+        # moved, its schedule or dues were edited): listed as due and posted, as the first run
+        # did, so their billing counts it as before. (In the ledger already: not posted again.)
         kept = ledger.postings_kept(conn, night.facility_days)
         if kept.height:
             for table in ("due_contracts", "dues_postings"):
-                missing = kept.join(out[table], on=["contract_id", "bill_date"], how="anti")
-                out[table] = (pl.concat([out[table], missing.select(out[table].columns)])
+                recomputed = out[table].join(kept, on=["contract_id", "bill_date"], how="anti")
+                out[table] = (pl.concat([recomputed, kept.select(out[table].columns)])
                               .sort("facility_id", "contract_id", "bill_date"))
         for table in ("due_contracts", "dues_postings", "dues_posting_errors"):
             replace_facility_days(conn, table, out[table], night.facility_days)

@@ -216,17 +216,48 @@ def test_a_day_rerun_after_its_export_was_edited_keeps_what_it_posted(tmp_path, 
         assert charged == [(D(2026, 1, 10), 5000), (D(2026, 2, 8), 5000)]
 
 
+@pytest.mark.parametrize("fix", ["freeze_removed", "first_bill_date_earlier"])
+def test_a_day_rerun_after_its_export_was_fixed_posts_a_period_it_skipped(tmp_path, fix):
+    """The first run skipped a period: a wrong freeze over Nov 5 (no freeze fee) on a first night
+    catching up from Oct 5, or a first bill date a month late. Fixed and rerun, the day posts it
+    (a period a whole step from the posted ones is its own, not a stand-in)."""
+    fac = [facility(timezone="UTC")]
+    if fix == "freeze_removed":
+        k1, day = dict(start_date=D(2025, 10, 5)), D(2026, 1, 5)
+        wrong = dict(status_changes=[change("S1", "K1", "freeze", D(2025, 11, 1)),
+                                     change("S2", "K1", "thaw", D(2025, 11, 10))])
+        expected = [D(2025, 10, 5), D(2025, 11, 5), D(2025, 12, 5), D(2026, 1, 5)]
+    else:
+        k1, day = dict(start_date=D(2025, 12, 10)), D(2026, 1, 10)
+        wrong = dict(contracts=[contract("K1", first_bill_date=D(2026, 1, 10), **k1)])
+        expected = [D(2025, 12, 10), D(2026, 1, 10)]
+    db = tmp_path / "billing.duckdb"
+    run(write_export(tmp_path / "data", facilities=fac, **{"contracts": [contract("K1", **k1)], **wrong}), db, day, day)
+    data = write_export(tmp_path / "data", facilities=fac, contracts=[contract("K1", **k1)])
+    summary, = run(data, db, day, day)
+    assert summary.ledger_problems == {name: 0 for name in summary.ledger_problems}
+    with duckdb.connect(str(db), read_only=True) as conn:
+        ledger = conn.sql("SELECT bill_date FROM ledger WHERE kind = 'dues' ORDER BY 1").fetchall()
+        postings = conn.sql("SELECT bill_date FROM dues_postings ORDER BY 1").fetchall()
+    assert ledger == postings == [(d,) for d in expected]
+    assert_a_rerun_changes_nothing(data, db, day)
+
+
 def test_the_ledger_check_finds_a_posting_listed_with_other_values_than_posted(tmp_path):
-    """dues_postings edited by hand to another amount: the check after the run's day finds it."""
+    """dues_postings edited by hand to another amount: the check after the run's day finds it, and
+    a rerun of the day puts it right."""
     db = tmp_path / "billing.duckdb"
     run(write_export(tmp_path / "data", facilities=[facility(timezone="UTC")]), db, D(2026, 1, 1), D(2026, 1, 1))
     from billing_pipeline.warehouse.ledger import ledger_problems
     from billing_pipeline.warehouse.store import Warehouse
 
+    days = pl.DataFrame({"facility_id": ["F1"], "business_date": [D(2026, 1, 1)]})
     with Warehouse(db).connect() as conn:
         conn.execute("UPDATE dues_postings SET amount_cents = 7000")
-        days = pl.DataFrame({"facility_id": ["F1"], "business_date": [D(2026, 1, 1)]})
         assert ledger_problems(conn, days)["postings_missing_from_ledger"].height == 1
+    # A rerun of the day lists the posting as the ledger has it again.
+    summary, = run(tmp_path / "data", db, D(2026, 1, 1), D(2026, 1, 1))
+    assert summary.ledger_problems["postings_missing_from_ledger"] == 0
 
 
 def test_surcharge_posted_only_when_approved(tmp_path):

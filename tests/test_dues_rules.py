@@ -398,3 +398,21 @@ def test_customer_with_an_unknown_home_facility_is_an_error_not_a_silent_posting
     errors = out["dues_posting_errors"].select("contract_id", "error_code", "message").rows()
     assert errors == [("K1", "unknown_facility", "customer C1's home facility F-GONE does not exist: "
                                                  "they could not be billed")]
+
+
+@pytest.mark.parametrize("frequency, posted, computed, stands_in", [
+    ("monthly", D(2026, 1, 10), D(2026, 1, 8), True),     # an edited series beside the posted period
+    ("monthly", D(2026, 1, 10), D(2026, 2, 8), True),     # less than a month after it
+    ("monthly", D(2026, 1, 10), D(2025, 12, 10), False),  # a whole month before: a period of its own
+    ("monthly", D(2026, 1, 10), D(2026, 1, 10), False),   # the posted period itself
+    ("weekly", D(2026, 1, 10), D(2026, 1, 4), True),
+    ("weekly", D(2026, 1, 10), D(2026, 1, 3), False),
+    ("yearly", D(2024, 2, 29), D(2025, 2, 27), True),
+    ("yearly", D(2024, 2, 29), D(2025, 3, 1), False),
+])
+def test_a_rerun_period_within_a_step_of_one_its_date_posted_stands_in_for_it(frequency, posted, computed, stands_in):
+    keys = {"contract_id": ["K1"], "business_date": [D(2026, 1, 10)]}
+    got = dues.stand_ins(pl.LazyFrame({**keys, "bill_date": [computed]}),
+                         pl.LazyFrame({**keys, "frequency": [frequency]}),
+                         pl.LazyFrame({**keys, "posted_bill_date": [posted]})).collect()
+    assert (got.height == 1) is stands_in, got

@@ -77,7 +77,7 @@ def posted_since(conn, contract_id, business_date):
 def test_the_last_posted_period_comes_from_the_state_or_for_a_rerun_from_the_ledger(tmp_path):
     """K1: the March period posted on March 2, April's on April 1. The next day reads
     contract_periods; a rerun of April 1 (its posting is from that date) reads the ledger's
-    periods up to it, its own included; so does a day run late. A warehouse written before contract_periods
+    periods before it; so does a day run late. A warehouse written before contract_periods
     existed gets it from its ledger when opened; the audit finds a state edited by hand."""
     conn = warehouse(tmp_path)
     april = dt.date(2026, 4, 1)
@@ -87,9 +87,9 @@ def test_the_last_posted_period_comes_from_the_state_or_for_a_rerun_from_the_led
         ledger.post_entries(conn, entries(("p2", "C1", 500, "K1", april), day=april))
     assert conn.execute("SELECT * FROM contract_periods").fetchall() == [("K1", april, april)]
     assert last_posted(conn, ("K1", dt.date(2026, 4, 2))) == {"K1": april}
-    assert last_posted(conn, ("K1", april)) == {"K1": april}  # a rerun of April 1 starts after its own
+    assert last_posted(conn, ("K1", april)) == {"K1": DAY}  # a rerun of April 1
     assert last_posted(conn, ("K1", dt.date(2026, 3, 15))) == {"K1": DAY}  # a day run late
-    assert last_posted(conn, ("K1", DAY)) == {"K1": DAY}
+    assert last_posted(conn, ("K1", DAY)) == {}
     assert last_posted(conn, ("K2", april)) == {}
     # whether a period of the contract was posted on the date or later: its new periods may exist
     assert posted_since(conn, "K1", dt.date(2026, 4, 2)) == {"K1": False}

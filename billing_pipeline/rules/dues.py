@@ -212,3 +212,32 @@ def post_dues(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl.L
         "dues_postings": postings.select(DUE_COLUMNS).sort("facility_id", "contract_id", "bill_date"),
         "dues_posting_errors": errors.select(ERROR_COLUMNS).sort("facility_id", "contract_id", "error_code"),
     }
+
+
+def stand_ins(due: pl.LazyFrame, frequencies: pl.LazyFrame, posted_today: pl.LazyFrame) -> pl.LazyFrame:
+    """contract_id, bill_date of a rerun's periods that stand in for a period its business date
+    already posted: another bill date less than one step (the plan's frequency) from it. The
+    schedule was edited between the runs (first bill date, start date, a facility's billing
+    day): posting both would bill one interval twice. A period a step or more away is a
+    period of its own, and posts (one the first run skipped, its data fixed since).
+
+    due: contract_id, business_date, bill_date; frequencies: contract_id, business_date,
+    frequency; posted_today: contract_id, business_date, posted_bill_date.
+    """
+    step = (pl.when(pl.col("frequency").is_in(list(bill_dates.STEP_DAYS)))
+            .then(fmt("{}d", pl.col("frequency").replace_strict(bill_dates.STEP_DAYS, default=None,
+                                                                return_dtype=pl.Int64)))
+            .otherwise(fmt("{}mo", pl.col("frequency").replace_strict(bill_dates.STEP_MONTHS, default=None,
+                                                                      return_dtype=pl.Int64))))
+    posted = pl.col("posted_bill_date")
+    return (
+        due.select("contract_id", "business_date", "bill_date")
+        .join(frequencies.select("contract_id", "business_date", pl.col("frequency").cast(pl.String)),
+              on=["contract_id", "business_date"])
+        .join(posted_today, on=["contract_id", "business_date"])
+        .with_columns(step.alias("_step"))
+        .filter((pl.col("bill_date") != posted)
+                & (pl.col("bill_date") > posted.dt.offset_by("-" + pl.col("_step")))
+                & (pl.col("bill_date") < posted.dt.offset_by(pl.col("_step"))))
+        .select("contract_id", "bill_date").unique()
+    )

@@ -102,10 +102,27 @@ def postings_kept(conn: duckdb.DuckDBPyConnection, facility_days: pl.DataFrame) 
                    _days=facility_days.select("facility_id", "business_date"))
     if stored.is_empty():
         return stored
+    # As the ledger has them (a row a rerun rewrote with other values, before, is put right).
     return query(conn, """
-        SELECT p.* FROM _stored p SEMI JOIN (SELECT entry_id, facility_id, business_date FROM ledger
-                                             SEMI JOIN _stored USING (entry_id))
-                                  USING (entry_id, facility_id, business_date)""", _stored=stored)
+        SELECT p.business_date, p.facility_id, p.contract_id, l.customer_id, p.bill_date, l.kind, l.amount_cents,
+               p.entry_id
+        FROM _stored p JOIN (SELECT entry_id, facility_id, business_date, customer_id, kind, amount_cents FROM ledger
+                             SEMI JOIN _stored USING (entry_id)) l
+          USING (entry_id, facility_id, business_date)""", _stored=stored)
+
+
+def periods_posted_on(conn: duckdb.DuckDBPyConnection, contract_days: pl.DataFrame) -> pl.DataFrame:
+    """contract_id, business_date, posted_bill_date: the periods the ledger has of the contracts
+    posted on those business dates (by any facility)."""
+    if contract_days.is_empty():
+        return pl.DataFrame(schema={"contract_id": pl.String, "business_date": pl.Date, "posted_bill_date": pl.Date})
+    dates = contract_days.get_column("business_date")
+    return query(conn, f"""
+        SELECT l.contract_id, l.business_date, l.bill_date AS posted_bill_date
+        FROM ledger l JOIN _days d USING (contract_id, business_date)
+        WHERE l.kind IN {PERIOD_KINDS_SQL} AND l.business_date BETWEEN $lo AND $hi""",
+                 params={"lo": dates.min(), "hi": dates.max()},
+                 _days=contract_days.select("contract_id", "business_date").unique())
 
 
 def post_new_entries(conn: duckdb.DuckDBPyConnection, entries: pl.DataFrame) -> int:
@@ -160,12 +177,11 @@ def ledger_sums(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame) ->
 
 def last_posted_periods(conn: duckdb.DuckDBPyConnection, contract_days: pl.DataFrame) -> pl.DataFrame:
     """Per contract with a period in the ledger: `last_bill_date`, the latest bill date posted
-    on or before the business date (null if none), and `posted_since`, whether a period of it was
+    before the business date (null if none), and `posted_since`, whether a period of it was
     posted on that date or later (a day rerun, or run late). From contract_periods when its
     latest posting is from an earlier date (every night's case); from the contract's ledger
-    entries otherwise. A rerun of D starts after what D itself posted, as the next night would:
-    with an edited schedule (first_bill_date, start date, another facility's billing day) it
-    must not post a second period for one already posted (`postings_kept` lists D's own again)."""
+    entries otherwise. (A rerun recomputes its date's periods: those it posted are posted
+    already, one it skipped posts now, one standing in for a posted one does not, `dues.stand_ins`.)"""
     return query(conn, f"""
         WITH known AS (SELECT c.contract_id, c.business_date, s.last_bill_date, s.last_business_date
                        FROM _days c JOIN contract_periods s USING (contract_id)),
@@ -175,7 +191,7 @@ def last_posted_periods(conn: duckdb.DuckDBPyConnection, contract_days: pl.DataF
                   SELECT contract_id, NULL, true FROM rerun
                   UNION ALL
                   SELECT l.contract_id, l.bill_date, true FROM ledger l JOIN rerun c USING (contract_id)
-                  WHERE l.kind IN {PERIOD_KINDS_SQL} AND l.business_date <= c.business_date)
+                  WHERE l.kind IN {PERIOD_KINDS_SQL} AND l.business_date < c.business_date)
         SELECT contract_id, max(last_bill_date) AS last_bill_date, bool_or(since) AS posted_since
         FROM found GROUP BY contract_id""", _days=contract_days.select("contract_id", "business_date"))
 
