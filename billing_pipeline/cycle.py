@@ -194,8 +194,12 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
     processed = night.contracts
     posted = ledger.last_posted_periods(conn, processed)
     last_posted = posted.filter(pl.col("last_bill_date").is_not_null()).select("contract_id", "last_bill_date")
+    # A rerun's (or a late day's) contracts: the periods their date posted already.
+    own = ledger.periods_posted_on(conn, processed.select("contract_id", "business_date").join(
+        posted.filter(pl.col("posted_since")).select("contract_id"), on="contract_id", how="semi"))
     out = {name: frame.collect() for name, frame in dues.post_dues(
-        processed.lazy(), last_posted.lazy(), night.timeline.lazy(), night.duplicates.lazy()).items()}
+        processed.lazy(), last_posted.lazy(), night.timeline.lazy(), night.duplicates.lazy(),
+        own.select("contract_id", pl.col("posted_bill_date").alias("bill_date")).lazy()).items()}
     out["dues_postings"] = out["dues_postings"].with_columns(
         ledger.period_entry_id(pl.col("contract_id"), pl.col("bill_date")).alias("entry_id"))
     # The periods of a contract with nothing posted on this date or later come after every
@@ -210,7 +214,6 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
         elsewhere = ledger.posted_by_other_days(conn, out["dues_postings"].filter(maybe_posted))
         # A period an edited schedule puts beside one its date already posted stands in for it.
         rerun_due = out["due_contracts"].filter(maybe_posted)
-        own = ledger.periods_posted_on(conn, rerun_due)
         if own.height:
             replaced = dues.stand_ins(rerun_due.lazy(), processed.lazy(), own.lazy()).collect()
             elsewhere = pl.concat([elsewhere, replaced])

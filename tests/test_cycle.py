@@ -216,30 +216,44 @@ def test_a_day_rerun_after_its_export_was_edited_keeps_what_it_posted(tmp_path, 
         assert charged == [(D(2026, 1, 10), 5000), (D(2026, 2, 8), 5000)]
 
 
-@pytest.mark.parametrize("fix", ["freeze_removed", "first_bill_date_earlier"])
+@pytest.mark.parametrize("fix", ["freeze_removed", "freeze_removed_month_end", "freeze_removed_13_weekly",
+                                 "first_bill_date_earlier"])
 def test_a_day_rerun_after_its_export_was_fixed_posts_a_period_it_skipped(tmp_path, fix):
     """The first run skipped a period: a wrong freeze over Nov 5 (no freeze fee) on a first night
-    catching up from Oct 5, or a first bill date a month late. Fixed and rerun, the day posts it
-    (a period a whole step from the posted ones is its own, not a stand-in)."""
+    catching up from Oct 5 (over Jan 31 on an anchor of 31, caught up on Feb 28; over one of 13
+    weekly dates, the 12 others posted), or a first bill date a month late. Fixed and rerun, the
+    day posts it: a period a whole step from the posted ones is its own, not a stand-in, and
+    periods its date posted are not counted as missed."""
     fac = [facility(timezone="UTC")]
-    if fix == "freeze_removed":
-        k1, day = dict(start_date=D(2025, 10, 5)), D(2026, 1, 5)
-        wrong = dict(status_changes=[change("S1", "K1", "freeze", D(2025, 11, 1)),
-                                     change("S2", "K1", "thaw", D(2025, 11, 10))])
-        expected = [D(2025, 10, 5), D(2025, 11, 5), D(2025, 12, 5), D(2026, 1, 5)]
+    if fix.startswith("freeze_removed"):
+        start, skipped, day, freq = {"freeze_removed": (D(2025, 10, 5), D(2025, 11, 5), D(2026, 1, 5), "monthly"),
+                                     "freeze_removed_month_end": (D(2026, 1, 31), D(2026, 1, 31), D(2026, 2, 28), "monthly"),
+                                     "freeze_removed_13_weekly": (D(2026, 1, 1), D(2026, 1, 15), D(2026, 3, 26), "weekly")}[fix]
+        k1 = dict(start_date=start)
+        wrong = dict(status_changes=[change("S1", "K1", "freeze", skipped - dt.timedelta(days=1)),
+                                     change("S2", "K1", "thaw", skipped + dt.timedelta(days=1))])
+        step = dt.timedelta(days=7) if freq == "weekly" else None
+        expected = ([start + k * step for k in range(13)] if step else
+                    {"freeze_removed": [D(2025, 10, 5), D(2025, 11, 5), D(2025, 12, 5), D(2026, 1, 5)],
+                     "freeze_removed_month_end": [D(2026, 1, 31), D(2026, 2, 28)]}[fix])
+        fac_plans = dict(plans=[plan(frequency=freq)])
     else:
         k1, day = dict(start_date=D(2025, 12, 10)), D(2026, 1, 10)
         wrong = dict(contracts=[contract("K1", first_bill_date=D(2026, 1, 10), **k1)])
         expected = [D(2025, 12, 10), D(2026, 1, 10)]
+        fac_plans = {}
     db = tmp_path / "billing.duckdb"
-    run(write_export(tmp_path / "data", facilities=fac, **{"contracts": [contract("K1", **k1)], **wrong}), db, day, day)
-    data = write_export(tmp_path / "data", facilities=fac, contracts=[contract("K1", **k1)])
+    run(write_export(tmp_path / "data", facilities=fac, **fac_plans, **{"contracts": [contract("K1", **k1)], **wrong}),
+        db, day, day)
+    data = write_export(tmp_path / "data", facilities=fac, **fac_plans, contracts=[contract("K1", **k1)])
     summary, = run(data, db, day, day)
     assert summary.ledger_problems == {name: 0 for name in summary.ledger_problems}
     with duckdb.connect(str(db), read_only=True) as conn:
         ledger = conn.sql("SELECT bill_date FROM ledger WHERE kind = 'dues' ORDER BY 1").fetchall()
         postings = conn.sql("SELECT bill_date FROM dues_postings ORDER BY 1").fetchall()
+        errors = conn.sql("SELECT error_code FROM dues_posting_errors").fetchall()
     assert ledger == postings == [(d,) for d in expected]
+    assert errors == []
     assert_a_rerun_changes_nothing(data, db, day)
 
 

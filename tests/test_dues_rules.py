@@ -409,6 +409,12 @@ def test_customer_with_an_unknown_home_facility_is_an_error_not_a_silent_posting
     ("weekly", D(2026, 1, 10), D(2026, 1, 3), False),
     ("yearly", D(2024, 2, 29), D(2025, 2, 27), True),
     ("yearly", D(2024, 2, 29), D(2025, 3, 1), False),
+    ("monthly", D(2026, 2, 28), D(2026, 1, 31), False),   # anchor 31: a whole month before
+    ("monthly", D(2026, 2, 28), D(2026, 1, 29), False),
+    ("monthly", D(2026, 4, 30), D(2026, 3, 31), False),
+    ("monthly", D(2026, 1, 31), D(2026, 2, 28), False),
+    ("quarterly", D(2026, 2, 28), D(2025, 11, 30), False),
+    ("monthly", D(2026, 2, 28), D(2026, 2, 1), True),
 ])
 def test_a_rerun_period_within_a_step_of_one_its_date_posted_stands_in_for_it(frequency, posted, computed, stands_in):
     keys = {"contract_id": ["K1"], "business_date": [D(2026, 1, 10)]}

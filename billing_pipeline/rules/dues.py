@@ -122,11 +122,14 @@ def data_errors(processed: pl.LazyFrame, duplicate_customers: pl.LazyFrame) -> p
     return pl.concat(parts, how="vertical")
 
 
-def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl.LazyFrame) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl.LazyFrame,
+                posted_today: pl.LazyFrame | None = None) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Unposted periods up to the business date, and contracts with too many of them.
 
     `processed` must be free of plan errors (it needs the plan's schedule). `last_posted`:
     contract_id, last_bill_date (latest period posted before this business date).
+    `posted_today`: contract_id, bill_date of periods the business date posted already (a
+    rerun): not unposted, so not counted against the limit.
     Returns (periods with kind and amount, too_many_missed_periods errors).
     """
     # Nothing bills from a termination or conclusion on: the window ends the day before. A contract
@@ -170,7 +173,9 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
                       .otherwise(pl.col("freeze_fee_cents")).alias("amount_cents"))
         .select(*DUE_COLUMNS, "contract_key")
     ).collect().lazy()
-    counts = periods.group_by("contract_key").agg(
+    unposted = periods if posted_today is None else periods.join(
+        posted_today.select("contract_id", "bill_date"), on=["contract_id", "bill_date"], how="anti")
+    counts = unposted.group_by("contract_key").agg(
         pl.len().cast(pl.Int64).alias("n_periods"), pl.col("bill_date").min().alias("first"), pl.col("bill_date").max().alias("last"))
     overflow = windows.filter(pl.col("n_dates") > EXPANSION_CAP).select(
         "contract_key", pl.col("n_dates").alias("n_periods"), pl.lit(None, pl.Date).alias("first"),
@@ -188,14 +193,15 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
 
 
 def post_dues(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl.LazyFrame,
-              duplicate_customers: pl.LazyFrame) -> dict[str, pl.LazyFrame]:
+              duplicate_customers: pl.LazyFrame, posted_today: pl.LazyFrame | None = None) -> dict[str, pl.LazyFrame]:
     """due_contracts (before holds), dues_postings and dues_posting_errors for the facility-days.
 
-    `processed` carries `status`, the contract's status on the business date.
+    `processed` carries `status`, the contract's status on the business date. `posted_today`:
+    see `due_periods`.
     """
     errors = data_errors(processed, duplicate_customers).collect().lazy()
     schedulable = processed.filter(pl.col("plan_known"))
-    periods, too_many = due_periods(schedulable, last_posted, timeline)
+    periods, too_many = due_periods(schedulable, last_posted, timeline, posted_today)
     in_effect_today = processed.filter(pl.col("status").is_in(IN_EFFECT)).select("contract_key")
     has_periods = periods.select("contract_key").unique()
     alive = processed.filter(pl.col("exported_status").is_in(ALIVE)).select("contract_key")
@@ -229,15 +235,17 @@ def stand_ins(due: pl.LazyFrame, frequencies: pl.LazyFrame, posted_today: pl.Laz
                                                                 return_dtype=pl.Int64)))
             .otherwise(fmt("{}mo", pl.col("frequency").replace_strict(bill_dates.STEP_MONTHS, default=None,
                                                                       return_dtype=pl.Int64))))
-    posted = pl.col("posted_bill_date")
+    posted, bill_date = pl.col("posted_bill_date"), pl.col("bill_date")
+    # Steps forward only, from the earlier of the two: a month back from Feb 28 is Jan 28, and
+    # Jan 31 (a month before it on an anchor of 31) would look closer than a step.
+    within_a_step = (((bill_date < posted) & (bill_date.dt.offset_by(pl.col("_step")) > posted))
+                     | ((bill_date > posted) & (posted.dt.offset_by(pl.col("_step")) > bill_date)))
     return (
         due.select("contract_id", "business_date", "bill_date")
         .join(frequencies.select("contract_id", "business_date", pl.col("frequency").cast(pl.String)),
               on=["contract_id", "business_date"])
         .join(posted_today, on=["contract_id", "business_date"])
         .with_columns(step.alias("_step"))
-        .filter((pl.col("bill_date") != posted)
-                & (pl.col("bill_date") > posted.dt.offset_by("-" + pl.col("_step")))
-                & (pl.col("bill_date") < posted.dt.offset_by(pl.col("_step"))))
+        .filter(within_a_step)
         .select("contract_id", "bill_date").unique()
     )
