@@ -198,8 +198,7 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
     own = ledger.periods_posted_on(conn, processed.select("contract_id", "business_date").join(
         posted.filter(pl.col("posted_since")).select("contract_id"), on="contract_id", how="semi"))
     out = {name: frame.collect() for name, frame in dues.post_dues(
-        processed.lazy(), last_posted.lazy(), night.timeline.lazy(), night.duplicates.lazy(),
-        own.select("contract_id", pl.col("posted_bill_date").alias("bill_date")).lazy()).items()}
+        processed.lazy(), last_posted.lazy(), night.timeline.lazy(), night.duplicates.lazy(), own.lazy()).items()}
     out["dues_postings"] = out["dues_postings"].with_columns(
         ledger.period_entry_id(pl.col("contract_id"), pl.col("bill_date")).alias("entry_id"))
     # The periods of a contract with nothing posted on this date or later come after every
@@ -212,11 +211,6 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
         # after it (its data fixed since) neither lists it as due nor posted (the ledger has it
         # once, under the later day, and the later day billed it).
         elsewhere = ledger.posted_by_other_days(conn, out["dues_postings"].filter(maybe_posted))
-        # A period an edited schedule puts beside one its date already posted stands in for it.
-        rerun_due = out["due_contracts"].filter(maybe_posted)
-        if own.height:
-            replaced = dues.stand_ins(rerun_due.lazy(), processed.lazy(), own.lazy()).collect()
-            elsewhere = pl.concat([elsewhere, replaced])
         if elsewhere.height:
             for table in ("due_contracts", "dues_postings"):
                 out[table] = out[table].join(elsewhere, on=["contract_id", "bill_date"], how="anti")

@@ -216,6 +216,40 @@ def test_a_day_rerun_after_its_export_was_edited_keeps_what_it_posted(tmp_path, 
         assert charged == [(D(2026, 1, 10), 5000), (D(2026, 2, 8), 5000)]
 
 
+@pytest.mark.parametrize("new_day", [29, 30, 31])
+def test_a_rerun_after_a_month_end_billing_day_correction_bills_no_interval_twice(tmp_path, new_day):
+    """Billing day 28: Jan 28 and Feb 28 post. Corrected to a later day and Feb 28 rerun: Jan 29-31
+    stands in for Jan 28 (posted before) and does not post; the next night posts nothing."""
+    def export(day):
+        return write_export(tmp_path / "data", facilities=[facility(timezone="UTC", monthly_billing_day=day)],
+                            plans=[plan(schedule="facility")], contracts=[contract("K1", start_date=D(2026, 1, 20))])
+    db = tmp_path / "billing.duckdb"
+    run(export(28), db, D(2026, 1, 28), D(2026, 2, 28))
+    summary, = run(export(new_day), db, D(2026, 2, 28), D(2026, 2, 28))
+    run(export(new_day), db, D(2026, 3, 1), D(2026, 3, 1))
+    assert summary.ledger_problems == {name: 0 for name in summary.ledger_problems}
+    with duckdb.connect(str(db), read_only=True) as conn:
+        dues = conn.sql("SELECT bill_date FROM ledger WHERE kind = 'dues' ORDER BY 1").fetchall()
+        errors = conn.sql("SELECT count(*) FROM dues_posting_errors").fetchall()
+    assert dues == [(D(2026, 1, 28),), (D(2026, 2, 28),)] and errors == [(0,)]
+
+
+def test_stand_ins_are_not_counted_as_missed_periods(tmp_path):
+    """A weekly first night catches up 12 Sundays; the start date is corrected to the Monday
+    before: all 13 Mondays stand in for a posted Sunday, none is missed, no error is written."""
+    plans = [plan(frequency="weekly")]
+    fac = [facility(timezone="UTC")]
+    db = tmp_path / "billing.duckdb"
+    run(write_export(tmp_path / "data", facilities=fac, plans=plans, contracts=[contract("K1", start_date=D(2026, 1, 4))]),
+        db, D(2026, 3, 23), D(2026, 3, 23))
+    data = write_export(tmp_path / "data", facilities=fac, plans=plans, contracts=[contract("K1", start_date=D(2025, 12, 29))])
+    run(data, db, D(2026, 3, 23), D(2026, 3, 23))
+    with duckdb.connect(str(db), read_only=True) as conn:
+        assert conn.sql("SELECT count(*) FROM dues_posting_errors").fetchall() == [(0,)]
+        assert conn.sql("SELECT count(*), min(bill_date) FROM ledger WHERE kind = 'dues'").fetchall() == [(12, D(2026, 1, 4))]
+    assert_a_rerun_changes_nothing(data, db, D(2026, 3, 23))
+
+
 @pytest.mark.parametrize("fix", ["freeze_removed", "freeze_removed_month_end", "freeze_removed_13_weekly",
                                  "first_bill_date_earlier"])
 def test_a_day_rerun_after_its_export_was_fixed_posts_a_period_it_skipped(tmp_path, fix):

@@ -128,8 +128,9 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
 
     `processed` must be free of plan errors (it needs the plan's schedule). `last_posted`:
     contract_id, last_bill_date (latest period posted before this business date).
-    `posted_today`: contract_id, bill_date of periods the business date posted already (a
-    rerun): not unposted, so not counted against the limit.
+    `posted_today`: contract_id, business_date, posted_bill_date of the periods the business
+    date posted already (a rerun): not unposted, so not counted against the limit; and a period
+    standing in for one of them, or for the last one posted before (`stand_ins`), is dropped.
     Returns (periods with kind and amount, too_many_missed_periods errors).
     """
     # Nothing bills from a termination or conclusion on: the window ends the day before. A contract
@@ -173,8 +174,17 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
                       .otherwise(pl.col("freeze_fee_cents")).alias("amount_cents"))
         .select(*DUE_COLUMNS, "contract_key")
     ).collect().lazy()
-    unposted = periods if posted_today is None else periods.join(
-        posted_today.select("contract_id", "bill_date"), on=["contract_id", "bill_date"], how="anti")
+    unposted = periods
+    if posted_today is not None:
+        rerun = posted_today.select("contract_id", "business_date").unique()
+        before = (windows.join(rerun, on=["contract_id", "business_date"], how="semi")
+                  .filter(pl.col("last_bill_date").is_not_null())
+                  .select("contract_id", "business_date", pl.col("last_bill_date").alias("posted_bill_date")))
+        posted = pl.concat([posted_today.select("contract_id", "business_date", "posted_bill_date"), before])
+        replaced = stand_ins(periods, windows.select("contract_id", "business_date", "frequency"), posted)
+        periods = periods.join(replaced, on=["contract_id", "bill_date"], how="anti").collect().lazy()
+        unposted = periods.join(posted.select("contract_id", pl.col("posted_bill_date").alias("bill_date")),
+                                on=["contract_id", "bill_date"], how="anti")
     counts = unposted.group_by("contract_key").agg(
         pl.len().cast(pl.Int64).alias("n_periods"), pl.col("bill_date").min().alias("first"), pl.col("bill_date").max().alias("last"))
     overflow = windows.filter(pl.col("n_dates") > EXPANSION_CAP).select(
@@ -220,31 +230,32 @@ def post_dues(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl.L
     }
 
 
-def stand_ins(due: pl.LazyFrame, frequencies: pl.LazyFrame, posted_today: pl.LazyFrame) -> pl.LazyFrame:
-    """contract_id, bill_date of a rerun's periods that stand in for a period its business date
-    already posted: another bill date less than one step (the plan's frequency) from it. The
-    schedule was edited between the runs (first bill date, start date, a facility's billing
-    day): posting both would bill one interval twice. A period a step or more away is a
-    period of its own, and posts (one the first run skipped, its data fixed since).
+def stand_ins(due: pl.LazyFrame, frequencies: pl.LazyFrame, posted: pl.LazyFrame) -> pl.LazyFrame:
+    """contract_id, bill_date of a rerun's periods that stand in for a posted one (a period its
+    business date posted, or the last one posted before): another bill date less than one step
+    (the plan's frequency) from it. The schedule was edited between the runs (first bill date,
+    start date, a facility's billing day): posting both would bill one interval twice. A period
+    a step or more away is a period of its own, and posts (one the first run skipped, its data
+    fixed since).
 
     due: contract_id, business_date, bill_date; frequencies: contract_id, business_date,
-    frequency; posted_today: contract_id, business_date, posted_bill_date.
+    frequency; posted: contract_id, business_date, posted_bill_date.
     """
     step = (pl.when(pl.col("frequency").is_in(list(bill_dates.STEP_DAYS)))
             .then(fmt("{}d", pl.col("frequency").replace_strict(bill_dates.STEP_DAYS, default=None,
                                                                 return_dtype=pl.Int64)))
             .otherwise(fmt("{}mo", pl.col("frequency").replace_strict(bill_dates.STEP_MONTHS, default=None,
                                                                       return_dtype=pl.Int64))))
-    posted, bill_date = pl.col("posted_bill_date"), pl.col("bill_date")
+    other, bill_date = pl.col("posted_bill_date"), pl.col("bill_date")
     # Steps forward only, from the earlier of the two: a month back from Feb 28 is Jan 28, and
     # Jan 31 (a month before it on an anchor of 31) would look closer than a step.
-    within_a_step = (((bill_date < posted) & (bill_date.dt.offset_by(pl.col("_step")) > posted))
-                     | ((bill_date > posted) & (posted.dt.offset_by(pl.col("_step")) > bill_date)))
+    within_a_step = (((bill_date < other) & (bill_date.dt.offset_by(pl.col("_step")) > other))
+                     | ((bill_date > other) & (other.dt.offset_by(pl.col("_step")) > bill_date)))
     return (
         due.select("contract_id", "business_date", "bill_date")
         .join(frequencies.select("contract_id", "business_date", pl.col("frequency").cast(pl.String)),
               on=["contract_id", "business_date"])
-        .join(posted_today, on=["contract_id", "business_date"])
+        .join(posted, on=["contract_id", "business_date"])
         .with_columns(step.alias("_step"))
         .filter(within_a_step)
         .select("contract_id", "bill_date").unique()
