@@ -194,11 +194,15 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
     processed = night.contracts
     posted = ledger.last_posted_periods(conn, processed)
     last_posted = posted.filter(pl.col("last_bill_date").is_not_null()).select("contract_id", "last_bill_date")
-    # A rerun's (or a late day's) contracts: the periods their date posted already.
-    own = ledger.periods_posted_on(conn, processed.select("contract_id", "business_date").join(
-        posted.filter(pl.col("posted_since")).select("contract_id"), on="contract_id", how="semi"))
+    # A rerun's (or a late day's) contracts, each with the periods its date posted already (a
+    # null bill date for one that posted none).
+    rerun = processed.select("contract_id", "business_date").join(
+        posted.filter(pl.col("posted_since")).select("contract_id"), on="contract_id", how="semi")
+    own = pl.concat([ledger.periods_posted_on(conn, rerun),
+                     rerun.with_columns(pl.lit(None, pl.Date).alias("posted_bill_date"))])
     out = {name: frame.collect() for name, frame in dues.post_dues(
-        processed.lazy(), last_posted.lazy(), night.timeline.lazy(), night.duplicates.lazy(), own.lazy()).items()}
+        processed.lazy(), last_posted.lazy(), night.timeline.lazy(), night.duplicates.lazy(),
+        own.lazy() if own.height else None).items()}
     out["dues_postings"] = out["dues_postings"].with_columns(
         ledger.period_entry_id(pl.col("contract_id"), pl.col("bill_date")).alias("entry_id"))
     # The periods of a contract with nothing posted on this date or later come after every

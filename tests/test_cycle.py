@@ -218,16 +218,19 @@ def test_a_day_rerun_after_its_export_was_edited_keeps_what_it_posted(tmp_path, 
 
 @pytest.mark.parametrize("new_day", [29, 30, 31])
 def test_a_rerun_after_a_month_end_billing_day_correction_bills_no_interval_twice(tmp_path, new_day):
-    """Billing day 28: Jan 28 and Feb 28 post. Corrected to a later day and Feb 28 rerun: Jan 29-31
-    stands in for Jan 28 (posted before) and does not post; the next night posts nothing."""
+    """Billing day 28: Jan 28 and Feb 28 post. Corrected to a later day and Feb 28 rerun, then Jan
+    29-31 itself (which posted nothing): Jan 29-31 stands in for Jan 28 (posted before) and does
+    not post; the next night posts nothing."""
     def export(day):
         return write_export(tmp_path / "data", facilities=[facility(timezone="UTC", monthly_billing_day=day)],
                             plans=[plan(schedule="facility")], contracts=[contract("K1", start_date=D(2026, 1, 20))])
     db = tmp_path / "billing.duckdb"
     run(export(28), db, D(2026, 1, 28), D(2026, 2, 28))
     summary, = run(export(new_day), db, D(2026, 2, 28), D(2026, 2, 28))
+    # And a day that posted nothing for K1, rerun: compared with the last period posted before it.
+    again, = run(export(new_day), db, D(2026, 1, new_day), D(2026, 1, new_day))
     run(export(new_day), db, D(2026, 3, 1), D(2026, 3, 1))
-    assert summary.ledger_problems == {name: 0 for name in summary.ledger_problems}
+    assert summary.ledger_problems == again.ledger_problems == {name: 0 for name in summary.ledger_problems}
     with duckdb.connect(str(db), read_only=True) as conn:
         dues = conn.sql("SELECT bill_date FROM ledger WHERE kind = 'dues' ORDER BY 1").fetchall()
         errors = conn.sql("SELECT count(*) FROM dues_posting_errors").fetchall()

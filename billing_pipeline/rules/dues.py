@@ -128,9 +128,10 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
 
     `processed` must be free of plan errors (it needs the plan's schedule). `last_posted`:
     contract_id, last_bill_date (latest period posted before this business date).
-    `posted_today`: contract_id, business_date, posted_bill_date of the periods the business
-    date posted already (a rerun): not unposted, so not counted against the limit; and a period
-    standing in for one of them, or for the last one posted before (`stand_ins`), is dropped.
+    `posted_today`: contract_id, business_date, posted_bill_date of a rerun's contracts with the
+    periods the business date posted already (null if none): those are not unposted, so not
+    counted against the limit; and a period standing in for one of them, or for the last one
+    posted before (`stand_ins`), is dropped.
     Returns (periods with kind and amount, too_many_missed_periods errors).
     """
     # Nothing bills from a termination or conclusion on: the window ends the day before. A contract
@@ -180,7 +181,8 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
         before = (windows.join(rerun, on=["contract_id", "business_date"], how="semi")
                   .filter(pl.col("last_bill_date").is_not_null())
                   .select("contract_id", "business_date", pl.col("last_bill_date").alias("posted_bill_date")))
-        posted = pl.concat([posted_today.select("contract_id", "business_date", "posted_bill_date"), before])
+        posted = pl.concat([posted_today.select("contract_id", "business_date", "posted_bill_date")
+                            .filter(pl.col("posted_bill_date").is_not_null()), before])
         replaced = stand_ins(periods, windows.select("contract_id", "business_date", "frequency"), posted)
         periods = periods.join(replaced, on=["contract_id", "bill_date"], how="anti").collect().lazy()
         unposted = periods.join(posted.select("contract_id", pl.col("posted_bill_date").alias("bill_date")),
