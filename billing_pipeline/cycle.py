@@ -196,8 +196,10 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
     last_posted = posted.filter(pl.col("last_bill_date").is_not_null()).select("contract_id", "last_bill_date")
     # A rerun's (or a late day's) contracts, each with the periods its date posted already (a
     # null bill date for one that posted none).
-    rerun = processed.select("contract_id", "business_date").join(
-        posted.filter(pl.col("posted_since")).select("contract_id"), on="contract_id", how="semi")
+    since = posted.filter(pl.col("posted_since")).select("contract_id")
+    rerun = processed.select("contract_id", "business_date")
+    # (Every night's case: nothing posted on the date yet, no semi join over the 10M contracts.)
+    rerun = rerun.join(since, on="contract_id", how="semi") if since.height else rerun.clear()
     own = pl.concat([ledger.periods_posted_on(conn, rerun),
                      rerun.with_columns(pl.lit(None, pl.Date).alias("posted_bill_date"))])
     out = {name: frame.collect() for name, frame in dues.post_dues(
@@ -346,10 +348,11 @@ def rolling_holds(conn: duckdb.DuckDBPyConnection, night: Night, day_settings: p
     # the batch's millions of customer-days cost about 0.5 s a night at 10M contracts.
     since = rolling.select((pl.col("business_date") - pl.duration(days=pl.col("rolling_sweep_days"))).min()).item()
     held = query(conn, """
-        SELECT customer_id, business_date AS held_on FROM billable_customers
+        SELECT customer_id, business_date AS held_on FROM billable_customers SEMI JOIN _rolling USING (facility_id)
         WHERE business_date >= $since AND business_date < $until
           AND hold_reason IN ('no_payment_method', 'duplicate_contract')""",
-                 params={"since": since, "until": rolling.get_column("business_date").max()})
+                 params={"since": since, "until": rolling.get_column("business_date").max()},
+                 _rolling=rolling.select("facility_id").unique())
     if held.is_empty():
         return empty
     day = ["customer_id", "business_date"]
