@@ -123,8 +123,9 @@ def maintenance(conn: duckdb.DuckDBPyConnection, night: Night) -> dict[str, pl.D
     processing = night.routed.lazy().select("contract_key", "facility_id").join(changed_keys, on="contract_key",
                                                                                how="semi").unique()
     columns = ["facility_id", "change_id", "contract_id", "kind", "effective_date", "state_before", "applies"]
-    changes = pl.concat([night.changes.lazy().join(processing, on="contract_key").select(columns),
-                         night.unknown_contract_changes.lazy().select(columns)])
+    # Only the changes that do not apply can be reported: a few, worked out once.
+    changes = pl.concat([night.changes.lazy().filter(~pl.col("applies")).join(processing, on="contract_key")
+                         .select(columns), night.unknown_contract_changes.lazy().select(columns)]).collect().lazy()
     errors = contract_status.status_change_errors(changes, days.lazy(), reported_changes(conn, changes, days)).collect()
     with transaction(conn):
         mark_processed(conn, days)
@@ -356,14 +357,17 @@ def rolling_holds(conn: duckdb.DuckDBPyConnection, night: Night, day_settings: p
     if held.is_empty():
         return empty
     day = ["customer_id", "business_date"]
-    keys = (night.customer_days.filter(pl.col("customer_id").is_in(held.get_column("customer_id").unique().implode()))
+    # The held customers' rows of the batch's 8M-row frames, picked by id (0.04 s) before any
+    # join: an anti join with every usable method hashed them all (about 0.5 s).
+    ids = pl.col("customer_id").is_in(held.get_column("customer_id").unique().implode())
+    keys = (night.customer_days.filter(ids)
             .join(rolling.select("facility_id", "business_date", "rolling_sweep_days"), on=["facility_id", "business_date"])
             .select(*day, "rolling_sweep_days"))
     held = (held.join(keys, on="customer_id")
             .filter((pl.col("held_on") < pl.col("business_date"))
                     & (pl.col("held_on") >= pl.col("business_date") - pl.duration(days=pl.col("rolling_sweep_days")))))
-    still = pl.concat([held.join(night.usable_methods.select(day), on=day, how="anti"),
-                       held.join(night.duplicates.select(day), on=day, how="semi")])
+    still = pl.concat([held.join(night.usable_methods.filter(ids).select(day), on=day, how="anti"),
+                       held.join(night.duplicates.filter(ids).select(day), on=day, how="semi")])
     return still.group_by("customer_id").agg(pl.col("held_on").max().alias("last_held_date"))
 
 
