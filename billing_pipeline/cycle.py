@@ -136,13 +136,13 @@ def maintenance(conn: duckdb.DuckDBPyConnection, night: Night) -> dict[str, pl.D
 
 
 def reported_changes(conn: duckdb.DuckDBPyConnection, changes: pl.LazyFrame, days: pl.DataFrame) -> pl.LazyFrame:
-    """change_id, business_date, facility_id of the stored reports of the changes that do not
-    apply, but those of the batch's own facility-days: the batch replaces them (a contract moved
+    """change_id, business_date, facility_id of the stored reports of `changes` (those that do not
+    apply), but those of the batch's own facility-days: the batch replaces them (a contract moved
     between its facilities is reported by its new one, and every rerun reports the same)."""
     return query(conn, """
         SELECT DISTINCT e.change_id, e.business_date, e.facility_id FROM status_change_errors e
         SEMI JOIN _ids USING (change_id) ANTI JOIN _days USING (facility_id, business_date)""",
-                 _ids=changes.filter(~pl.col("applies")).select("change_id").collect(),
+                 _ids=changes.select("change_id").collect(),
                  _days=days.select("facility_id", "business_date")).lazy()
 
 
@@ -212,7 +212,7 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
     # period it has in the ledger: new by construction, a plain INSERT (the primary key refuses
     # one that is not: a wrong contract_periods fails the night instead of skipping a period).
     # The others (a rerun, a late day) may be posted already: those that are, are left out.
-    maybe_posted = pl.col("contract_id").is_in(posted.filter(pl.col("posted_since")).get_column("contract_id").implode())
+    maybe_posted = pl.col("contract_id").is_in(since.get_column("contract_id").implode())
     with transaction(conn):
         # A period another facility-day already posted is that day's: an earlier day rerun
         # after it (its data fixed since) neither lists it as due nor posted (the ledger has it

@@ -243,22 +243,17 @@ def stand_ins(due: pl.LazyFrame, frequencies: pl.LazyFrame, posted: pl.LazyFrame
     due: contract_id, business_date, bill_date; frequencies: contract_id, business_date,
     frequency; posted: contract_id, business_date, posted_bill_date.
     """
-    step = (pl.when(pl.col("frequency").is_in(list(bill_dates.STEP_DAYS)))
-            .then(fmt("{}d", pl.col("frequency").replace_strict(bill_dates.STEP_DAYS, default=None,
-                                                                return_dtype=pl.Int64)))
-            .otherwise(fmt("{}mo", pl.col("frequency").replace_strict(bill_dates.STEP_MONTHS, default=None,
-                                                                      return_dtype=pl.Int64))))
     other, bill_date = pl.col("posted_bill_date"), pl.col("bill_date")
     # Steps forward only, from the earlier of the two: a month back from Feb 28 is Jan 28, and
     # Jan 31 (a month before it on an anchor of 31) would look closer than a step.
-    within_a_step = (((bill_date < other) & (bill_date.dt.offset_by(pl.col("_step")) > other))
-                     | ((bill_date > other) & (other.dt.offset_by(pl.col("_step")) > bill_date)))
+    within_a_step = (((bill_date < other) & (bill_dates.one_step_after(bill_date) > other))
+                     | ((bill_date > other) & (bill_dates.one_step_after(other) > bill_date)))
     return (
         due.select("contract_id", "business_date", "bill_date")
-        .join(frequencies.select("contract_id", "business_date", pl.col("frequency").cast(pl.String)),
+        .join(frequencies.select("contract_id", "business_date",
+                                 *bill_dates.step_columns(pl.col("frequency").cast(pl.String))),
               on=["contract_id", "business_date"])
         .join(posted, on=["contract_id", "business_date"])
-        .with_columns(step.alias("_step"))
         .filter(within_a_step)
         .select("contract_id", "bill_date").unique()
     )
