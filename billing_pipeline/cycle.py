@@ -194,15 +194,14 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
     """Writes the dues tables of the facility-days; returns them and how many ledger entries were new."""
     processed = night.contracts
     posted = ledger.last_posted_periods(conn, processed)
-    last_posted = posted.filter(pl.col("last_bill_date").is_not_null()).select("contract_id", "last_bill_date")
-    # A rerun's (or a late day's) contracts, each with the periods its date posted already (a
-    # null bill date for one that posted none).
+    last_posted = (posted.filter(pl.col("last_bill_date").is_not_null())
+                   .select("contract_id", "last_bill_date", "paid_through"))
+    # A rerun's (or a late day's) contracts: the periods its date posted already.
     since = posted.filter(pl.col("posted_since")).select("contract_id")
     rerun = processed.select("contract_id", "business_date")
     # (Every night's case: nothing posted on the date yet, no semi join over the 10M contracts.)
     rerun = rerun.join(since, on="contract_id", how="semi") if since.height else rerun.clear()
-    own = pl.concat([ledger.periods_posted_on(conn, rerun),
-                     rerun.with_columns(pl.lit(None, pl.Date).alias("posted_bill_date"))])
+    own = ledger.periods_posted_on(conn, rerun)
     out = {name: frame.collect() for name, frame in dues.post_dues(
         processed.lazy(), last_posted.lazy(), night.timeline.lazy(), night.duplicates.lazy(),
         own.lazy() if own.height else None).items()}

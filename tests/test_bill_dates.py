@@ -321,6 +321,32 @@ def test_count_between_equals_the_exploded_dates_and_they_increase(rows):
 
 
 @PROPERTY
+@given(rows=st.lists(windowed(), min_size=1, max_size=40))
+def test_a_periods_next_bill_date_is_the_next_date_of_its_series(rows):
+    """A period runs to the day before the series' next date (`next_bill_date`): the next date
+    exploded in a window 400 days longer, whatever the schedule (month ends, an off-day first
+    bill date, a stepped facility series)."""
+    rows = [dict(r, contract_id=f"K{i}", through=r["through"] + dt.timedelta(days=400)) for i, r in enumerate(rows)]
+    windows = frame(*rows).pipe(bill_dates.with_schedule).pipe(bill_dates.with_count_between, "after", "through", "n")
+    out = bill_dates.explode_bill_dates(windows, "after", "through").sort("contract_id", "bill_date").collect()
+    for (cid,), group in out.group_by("contract_id"):
+        bills, nexts = group["bill_date"].to_list(), group["next_bill_date"].to_list()
+        assert all(b < n for b, n in zip(bills, nexts)), (cid, bills, nexts)
+        assert nexts[:-1] == bills[1:], (rows[int(cid[1:])], bills, nexts)
+
+
+def test_next_bill_date_at_month_ends_and_after_an_off_day_first_bill_date():
+    windows = frame(row(contract_id="A", start=D(2026, 1, 31), through=D(2026, 3, 31)),
+                    row(contract_id="B", schedule="facility", start=D(2026, 1, 5), first_bill_date=D(2026, 1, 20),
+                        monthly_day=1, through=D(2026, 2, 1))
+                    ).pipe(bill_dates.with_schedule).pipe(bill_dates.with_count_between, "after", "through", "n")
+    out = bill_dates.explode_bill_dates(windows, "after", "through").sort("contract_id", "bill_date").collect()
+    assert out.select("contract_id", "bill_date", "next_bill_date").rows() == [
+        ("A", D(2026, 1, 31), D(2026, 2, 28)), ("A", D(2026, 2, 28), D(2026, 3, 31)), ("A", D(2026, 3, 31), D(2026, 4, 30)),
+        ("B", D(2026, 1, 20), D(2026, 2, 1)), ("B", D(2026, 2, 1), D(2026, 3, 1))]
+
+
+@PROPERTY
 @given(cases=st.lists(st.tuples(schedules(), st.integers(0, 700), st.integers(0, 700)), min_size=1, max_size=30))
 def test_windows_split_anywhere_give_the_same_dates(cases):
     """(None, t] = (None, c] + (c, t]: a bill date is in exactly one of two adjacent windows."""

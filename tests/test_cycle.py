@@ -237,9 +237,12 @@ def test_a_rerun_after_a_month_end_billing_day_correction_bills_no_interval_twic
     assert dues == [(D(2026, 1, 28),), (D(2026, 2, 28),)] and errors == [(0,)]
 
 
-def test_stand_ins_are_not_counted_as_missed_periods(tmp_path):
+def test_stand_ins_are_not_counted_as_missed_periods_nor_posted_by_the_next_night(tmp_path):
     """A weekly first night catches up 12 Sundays; the start date is corrected to the Monday
-    before: all 13 Mondays stand in for a posted Sunday, none is missed, no error is written."""
+    before and the night rerun: the Monday Dec 29 posts (one of its 7 days was paid), the 12
+    Mondays after it stand in for a posted Sunday (6 of 7 days paid) and are not missed (13 would
+    be an error). The next nights do not post the Monday Mar 23 (the window opens after the last
+    bill date, Mar 22) but Mar 30."""
     plans = [plan(frequency="weekly")]
     fac = [facility(timezone="UTC")]
     db = tmp_path / "billing.duckdb"
@@ -247,10 +250,72 @@ def test_stand_ins_are_not_counted_as_missed_periods(tmp_path):
         db, D(2026, 3, 23), D(2026, 3, 23))
     data = write_export(tmp_path / "data", facilities=fac, plans=plans, contracts=[contract("K1", start_date=D(2025, 12, 29))])
     run(data, db, D(2026, 3, 23), D(2026, 3, 23))
+    sundays = [D(2026, 1, 4) + dt.timedelta(weeks=k) for k in range(12)]
     with duckdb.connect(str(db), read_only=True) as conn:
         assert conn.sql("SELECT count(*) FROM dues_posting_errors").fetchall() == [(0,)]
-        assert conn.sql("SELECT count(*), min(bill_date) FROM ledger WHERE kind = 'dues'").fetchall() == [(12, D(2026, 1, 4))]
+        assert conn.sql("SELECT bill_date FROM ledger WHERE kind = 'dues' ORDER BY 1").fetchall() == [
+            (d,) for d in [D(2025, 12, 29), *sundays]]
     assert_a_rerun_changes_nothing(data, db, D(2026, 3, 23))
+    run(data, db, D(2026, 3, 24), D(2026, 3, 30))
+    with duckdb.connect(str(db), read_only=True) as conn:
+        assert conn.sql("SELECT bill_date, period_end FROM ledger WHERE kind = 'dues' AND bill_date > $d",
+                        params={"d": sundays[-1]}).fetchall() == [(D(2026, 3, 30), D(2026, 4, 5))]
+
+
+@pytest.mark.parametrize("edit, expected", [
+    ("first_bill_date_later", [D(2026, 3, 15), D(2026, 4, 20)]),   # Mar 20: 26 of its 31 days paid
+    ("start_date_later", [D(2026, 3, 15), D(2026, 4, 20)]),
+    ("moved_to_a_later_billing_day", [D(2026, 3, 15), D(2026, 4, 20)]),
+    ("first_bill_date_earlier", [D(2026, 3, 15), D(2026, 4, 13)]),  # Apr 13: 2 of 30 days paid
+    ("monthly_to_weekly", [D(2026, 3, 15), D(2026, 4, 12), D(2026, 4, 19)]),  # Apr 12: 3 of 7 paid
+])
+def test_a_schedule_edited_between_nights_does_not_bill_paid_time_again(tmp_path, edit, expected):
+    """Mar 15 posts K1's month (paid through Apr 14); the schedule is edited and the nights run
+    on to Apr 20. The series continues from its date nearest to the end of the paid time: a
+    period half or more paid already does not post (Mar 20 would bill Mar 20-Apr 14 twice)."""
+    facilities = [facility(facility_id="A", timezone="UTC", monthly_billing_day=15),
+                  facility(facility_id="B", timezone="UTC", monthly_billing_day=20)]
+    schedule = "facility" if edit.startswith("moved") else "contract"
+    k1 = dict(start_date=D(2026, 3, 15), facility_id="A")
+    edited = {"first_bill_date_later": dict(first_bill_date=D(2026, 3, 20)),
+              "start_date_later": dict(start_date=D(2026, 3, 20)),
+              "moved_to_a_later_billing_day": dict(facility_id="B"),
+              "first_bill_date_earlier": dict(first_bill_date=D(2026, 3, 13))}.get(edit, {})
+    frequency = "weekly" if edit == "monthly_to_weekly" else "monthly"
+
+    def export(contract_fields, plan_frequency):
+        return write_export(tmp_path / "data", facilities=facilities, customers=[customer("C1", facility_id="A")],
+                            plans=[plan(schedule=schedule, frequency=plan_frequency)],
+                            contracts=[contract("K1", **contract_fields)])
+    db = tmp_path / "billing.duckdb"
+    run(export(k1, "monthly"), db, D(2026, 3, 15), D(2026, 3, 15))
+    data = export({**k1, **edited}, frequency)
+    # Every night near the dates that matter (the nights between are caught up by the next).
+    summaries = run(data, db, D(2026, 3, 16), D(2026, 3, 22)) + run(data, db, D(2026, 4, 11), D(2026, 4, 20))
+    assert all(s.ledger_problems == {name: 0 for name in s.ledger_problems} for s in summaries)
+    with duckdb.connect(str(db), read_only=True) as conn:
+        dues = conn.sql("SELECT bill_date FROM ledger WHERE kind = 'dues' ORDER BY 1").fetchall()
+        errors = conn.sql("SELECT count(*) FROM dues_posting_errors").fetchall()
+    assert dues == [(d,) for d in expected] and errors == [(0,)]
+    assert_a_rerun_changes_nothing(data, db, D(2026, 4, 20))
+
+
+def test_a_frequency_changed_then_an_old_day_rerun_bills_no_week_of_a_paid_month(tmp_path):
+    """Monthly K1 posts Jan 10 (paid through Feb 9); the plan becomes weekly and Jan 31 is rerun:
+    the weeks of Jan 17, 24 and 31 are paid already and do not post. Feb 7 (3 of 7 days paid)
+    does, on its night."""
+    def export(frequency):
+        return write_export(tmp_path / "data", facilities=[facility(timezone="UTC")], plans=[plan(frequency=frequency)],
+                            contracts=[contract("K1", start_date=D(2026, 1, 10))])
+    db = tmp_path / "billing.duckdb"
+    run(export("monthly"), db, D(2026, 1, 10), D(2026, 2, 5))
+    data = export("weekly")
+    summary, = run(data, db, D(2026, 1, 31), D(2026, 1, 31))
+    run(data, db, D(2026, 2, 6), D(2026, 2, 7))
+    assert summary.ledger_problems == {name: 0 for name in summary.ledger_problems}
+    with duckdb.connect(str(db), read_only=True) as conn:
+        dues = conn.sql("SELECT bill_date, period_end, business_date FROM ledger WHERE kind = 'dues' ORDER BY 1").fetchall()
+    assert dues == [(D(2026, 1, 10), D(2026, 2, 9), D(2026, 1, 10)), (D(2026, 2, 7), D(2026, 2, 13), D(2026, 2, 7))]
 
 
 @pytest.mark.parametrize("fix", ["freeze_removed", "freeze_removed_month_end", "freeze_removed_13_weekly",
@@ -628,7 +693,7 @@ def test_ledger_check_compares_the_ledger_with_what_happened(tmp_path):
     post_entries(writer, payment.with_columns(pl.lit("payment|forged").alias("entry_id"),
                                               pl.lit("forged").alias("idempotency_key")))
     writer.execute("INSERT INTO dues_postings SELECT business_date, facility_id, contract_id, customer_id, "
-                   "DATE '2026-02-01', kind, amount_cents, 'period|K1|2026-02-01' FROM dues_postings")
+                   "DATE '2026-02-01', kind, amount_cents, 'period|K1|2026-02-01', DATE '2026-02-28' FROM dues_postings")
     problems = {name: frame.height for name, frame in ledger_problems(writer).items()}
     day = pl.DataFrame({"facility_id": ["F1"], "business_date": [D(2026, 1, 1)]})
     scoped = {name: frame.height for name, frame in ledger_problems(writer, day).items()}

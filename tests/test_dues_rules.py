@@ -35,13 +35,15 @@ def post(day: dt.date, last_posted: dict[str, dt.date] | None = None, **tables: 
     return post_days({fid: day for fid in facility_ids}, last_posted, **tables)
 
 
-def post_days(days: dict[str, dt.date], last_posted: dict[str, dt.date] | None = None,
+def post_days(days: dict[str, dt.date], last_posted: dict[str, dt.date | tuple[dt.date, dt.date]] | None = None,
               **tables: list[dict]) -> dict[str, pl.DataFrame]:
-    """One batch of facility-days (facility -> its business date), as one vectorized pass."""
+    """One batch of facility-days (facility -> its business date), as one vectorized pass.
+    last_posted: contract -> its latest bill date posted, or (that date, the last day paid)."""
     i = inputs(**tables)
     night = Night(i, facility_days(i.facilities, days))
-    last = pl.DataFrame(list((last_posted or {}).items()), orient="row",
-                        schema={"contract_id": pl.String, "last_bill_date": pl.Date})
+    rows = [(k, *(v if isinstance(v, tuple) else (v, v))) for k, v in (last_posted or {}).items()]
+    last = pl.DataFrame(rows, orient="row",
+                        schema={"contract_id": pl.String, "last_bill_date": pl.Date, "paid_through": pl.Date})
     out = dues.post_dues(night.contracts.lazy(), last.lazy(), night.timeline.lazy(),
                          night.duplicates.lazy())
     result = dict(zip(out, pl.collect_all(list(out.values()))))
@@ -372,7 +374,7 @@ def test_nightly_runs_post_the_same_periods_as_one_catch_up_run_and_never_twice(
     ledger does) posts each (contract, bill date) at most once, and the same set as one run on
     the last date. Nights may be missed in between."""
     tables, nights = scenario
-    last_posted: dict[str, dt.date] = {}
+    last_posted: dict[str, tuple[dt.date, dt.date]] = {}
     nightly: list[tuple] = []
     for k in range(max(len(n) for n in nights.values())):
         days = {fid: n[k] for fid, n in nights.items() if k < len(n)}
@@ -381,15 +383,69 @@ def test_nightly_runs_post_the_same_periods_as_one_catch_up_run_and_never_twice(
         for row in out["dues_postings"].iter_rows(named=True):
             cid, bill_date = row["contract_id"], row["bill_date"]
             assert bill_date <= row["business_date"] == days[row["facility_id"]]
-            assert cid not in last_posted or bill_date > last_posted[cid]
+            # an unedited schedule: each period starts the day after the paid time
+            assert cid not in last_posted or bill_date > last_posted[cid][1]
             nightly.append((cid, bill_date, row["kind"], row["amount_cents"]))
-        for cid, bill_date, _, _ in nightly:
-            last_posted[cid] = max(bill_date, last_posted.get(cid, bill_date))
+            last_posted[cid] = max((bill_date, row["period_end"]), last_posted.get(cid, (bill_date, bill_date)))
     keys = [(cid, b) for cid, b, _, _ in nightly]
     assert len(keys) == len(set(keys)), "a period posted twice"
     once = post_days({fid: n[-1] for fid, n in nights.items()}, {}, **tables)
     assert errors(once) == []
     assert sorted(nightly) == posted(once)
+
+
+@st.composite
+def edited(draw) -> tuple[dict[str, list[dict]], dict[str, list[dict]], dict[str, list[dt.date]], int]:
+    """A scenario, the same export with schedules edited (start date, first bill date, the plan's
+    frequency, the facility's billing days), and the round of nights from which the edit applies."""
+    tables, nights = draw(scenarios())
+    after = {name: [dict(r) for r in rows] for name, rows in tables.items()}
+    for c in after["contracts"]:
+        if draw(st.booleans()):
+            c["start_date"] += dt.timedelta(days=draw(st.integers(-20, 20)))
+        if draw(st.booleans()):
+            c["first_bill_date"] = draw(st.none() | st.integers(-20, 30).map(
+                lambda d, s0=c["start_date"]: s0 + dt.timedelta(days=d)))
+    for p in after["plans"]:
+        if draw(st.booleans()):
+            p["frequency"] = draw(st.sampled_from(list(STEP_CAP)))
+    for f in after["facilities"]:
+        if draw(st.booleans()):
+            f["weekly_billing_day"], f["monthly_billing_day"] = draw(st.integers(1, 7)), draw(st.integers(1, 31))
+    return tables, after, nights, draw(st.integers(1, max(len(n) for n in nights.values())))
+
+
+def length(start: dt.date, end: dt.date) -> int:
+    return (end - start).days + 1
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(case=edited())
+def test_after_a_schedule_edit_no_period_posts_that_is_half_paid_already(case):
+    """Nights before the edit, then nights after it, each fed what the earlier ones posted (the
+    latest bill date and the last day paid, as contract_periods does): a period posts only when
+    less than half of its days are paid, no two posted periods share half of the later one, and
+    none posts twice."""
+    before, after, nights, edit_round = case
+    last_posted: dict[str, tuple[dt.date, dt.date]] = {}
+    periods: dict[str, list[tuple[dt.date, dt.date]]] = {}
+    for k in range(max(len(n) for n in nights.values())):
+        days = {fid: n[k] for fid, n in nights.items() if k < len(n)}
+        out = post_days(days, dict(last_posted), **(before if k < edit_round else after))
+        for row in out["dues_postings"].iter_rows(named=True):
+            cid, start, end = row["contract_id"], row["bill_date"], row["period_end"]
+            assert start <= days[row["facility_id"]] and start < end + dt.timedelta(days=1)
+            if cid in last_posted:
+                last_bill, paid = last_posted[cid]
+                assert start > last_bill, (cid, start, last_posted[cid])
+                assert 2 * max(0, length(start, min(end, paid))) < length(start, end), (cid, start, end, paid)
+            periods.setdefault(cid, []).append((start, end))
+            last_posted[cid] = max((start, end), last_posted.get(cid, (start, start)))
+    for cid, posted_ in periods.items():
+        posted_.sort()
+        assert len(set(posted_)) == len(posted_), cid
+        for (a, a_end), (b, b_end) in zip(posted_, posted_[1:]):
+            assert 2 * max(0, length(b, min(a_end, b_end))) < length(b, b_end), (cid, posted_)
 
 
 def test_customer_with_an_unknown_home_facility_is_an_error_not_a_silent_posting():
@@ -400,25 +456,28 @@ def test_customer_with_an_unknown_home_facility_is_an_error_not_a_silent_posting
                                                  "they could not be billed")]
 
 
-@pytest.mark.parametrize("frequency, posted, computed, stands_in", [
-    ("monthly", D(2026, 1, 10), D(2026, 1, 8), True),     # an edited series beside the posted period
-    ("monthly", D(2026, 1, 10), D(2026, 2, 8), True),     # less than a month after it
-    ("monthly", D(2026, 1, 10), D(2025, 12, 10), False),  # a whole month before: a period of its own
-    ("monthly", D(2026, 1, 10), D(2026, 1, 10), False),   # the posted period itself
-    ("weekly", D(2026, 1, 10), D(2026, 1, 4), True),
-    ("weekly", D(2026, 1, 10), D(2026, 1, 3), False),
-    ("yearly", D(2024, 2, 29), D(2025, 2, 27), True),
-    ("yearly", D(2024, 2, 29), D(2025, 3, 1), False),
-    ("monthly", D(2026, 2, 28), D(2026, 1, 31), False),   # anchor 31: a whole month before
-    ("monthly", D(2026, 2, 28), D(2026, 1, 29), False),
-    ("monthly", D(2026, 4, 30), D(2026, 3, 31), False),
-    ("monthly", D(2026, 1, 31), D(2026, 2, 28), False),
-    ("quarterly", D(2026, 2, 28), D(2025, 11, 30), False),
-    ("monthly", D(2026, 2, 28), D(2026, 2, 1), True),
+@pytest.mark.parametrize("posted, computed, stands_in", [
+    # (bill date, period end) of the period posted and of the one computed by the rerun
+    ((D(2026, 1, 10), D(2026, 2, 9)), (D(2026, 1, 8), D(2026, 2, 7)), True),     # an edited series beside it
+    ((D(2026, 1, 10), D(2026, 2, 9)), (D(2026, 1, 25), D(2026, 2, 24)), True),   # 16 of 31 days paid
+    ((D(2026, 1, 10), D(2026, 2, 9)), (D(2026, 1, 26), D(2026, 2, 25)), False),  # 15 of 31: mostly unpaid
+    ((D(2026, 1, 10), D(2026, 2, 9)), (D(2026, 2, 8), D(2026, 3, 7)), False),    # 2 of 28 days paid
+    ((D(2026, 1, 10), D(2026, 2, 9)), (D(2025, 12, 10), D(2026, 1, 9)), False),  # ends the day before it
+    ((D(2026, 1, 10), D(2026, 2, 9)), (D(2026, 1, 10), D(2026, 2, 9)), False),   # the posted period itself
+    ((D(2026, 1, 10), D(2026, 2, 9)), (D(2026, 1, 17), D(2026, 1, 23)), True),   # monthly to weekly: inside it
+    ((D(2026, 1, 10), D(2026, 2, 9)), (D(2026, 2, 7), D(2026, 2, 13)), False),   # 3 of 7 days paid
+    ((D(2026, 1, 10), D(2026, 2, 9)), (D(2026, 2, 6), D(2026, 2, 12)), True),    # 4 of 7
+    ((D(2026, 1, 10), D(2026, 1, 16)), (D(2026, 1, 1), D(2026, 1, 31)), False),  # weekly to monthly: 7 of 31
+    ((D(2024, 2, 29), D(2025, 2, 27)), (D(2025, 2, 27), D(2026, 2, 26)), False),  # yearly, 1 day of 365
+    ((D(2024, 2, 29), D(2025, 2, 27)), (D(2024, 2, 27), D(2025, 2, 26)), True),
+    ((D(2026, 2, 28), D(2026, 3, 30)), (D(2026, 1, 31), D(2026, 2, 27)), False),  # anchor 31, a month before
+    ((D(2026, 2, 28), None), (D(2026, 2, 28), D(2026, 2, 28)), False),           # no end (an older ledger)
+    ((D(2026, 2, 28), None), (D(2026, 2, 27), D(2026, 2, 28)), True),
+    ((D(2026, 2, 28), None), (D(2026, 2, 1), D(2026, 2, 28)), False),
 ])
-def test_a_rerun_period_within_a_step_of_one_its_date_posted_stands_in_for_it(frequency, posted, computed, stands_in):
-    keys = {"contract_id": ["K1"], "business_date": [D(2026, 1, 10)]}
-    got = dues.stand_ins(pl.LazyFrame({**keys, "bill_date": [computed]}),
-                         pl.LazyFrame({**keys, "frequency": [frequency]}),
-                         pl.LazyFrame({**keys, "posted_bill_date": [posted]})).collect()
+def test_a_rerun_period_mostly_paid_by_one_its_date_posted_stands_in_for_it(posted, computed, stands_in):
+    keys = {"contract_id": ["K1"], "business_date": [D(2026, 3, 1)]}
+    got = dues.stand_ins(pl.LazyFrame({**keys, "bill_date": [computed[0]], "period_end": [computed[1]]}),
+                         pl.LazyFrame({**keys, "posted_bill_date": [posted[0]], "posted_period_end": [posted[1]]},
+                                      schema_overrides={"posted_period_end": pl.Date})).collect()
     assert (got.height == 1) is stands_in, got

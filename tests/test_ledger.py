@@ -22,12 +22,21 @@ def warehouse(tmp_path):
 
 def entries(*rows, day=DAY):
     """rows: (entry_id, customer_id, amount_cents), dues of contract K-<entry_id> for `day`'s period;
-    or (entry_id, customer_id, amount_cents, contract_id, bill_date)."""
-    rows = [r if len(r) == 5 else (*r, f"K-{r[0]}", day) for r in rows]
+    or (entry_id, customer_id, amount_cents, contract_id, bill_date[, period_end]). A period ends
+    a month after its bill date unless given."""
+    rows = [r if len(r) >= 5 else (*r, f"K-{r[0]}", day) for r in rows]
+    rows = [r if len(r) == 6 else (*r, month_end(r[4])) for r in rows]
     return pl.DataFrame([{"entry_id": e, "business_date": day, "facility_id": "F1", "customer_id": c, "kind": "dues",
-                          "amount_cents": a, "contract_id": k, "bill_date": b, "idempotency_key": None,
-                          "product_id": None} for e, c, a, k, b in rows],
-                        schema_overrides={"idempotency_key": pl.String, "product_id": pl.String})
+                          "amount_cents": a, "contract_id": k, "bill_date": b, "period_end": end,
+                          "idempotency_key": None, "product_id": None} for e, c, a, k, b, end in rows],
+                        schema_overrides={"idempotency_key": pl.String, "product_id": pl.String,
+                                          "period_end": pl.Date})
+
+
+def month_end(bill_date: dt.date) -> dt.date:
+    """The day before the same day next month (bill dates here are early in the month)."""
+    following = dt.date(bill_date.year + bill_date.month // 12, bill_date.month % 12 + 1, bill_date.day)
+    return following - dt.timedelta(days=1)
 
 
 def balances(conn):
@@ -63,10 +72,10 @@ def test_the_primary_key_refuses_a_second_posting_that_bypasses_the_check(tmp_pa
 
 
 def last_posted(conn, *contract_days):
-    """{contract: latest bill date before the date} of the contracts with one."""
+    """{contract: last day paid by the periods posted before the date} of the contracts with one."""
     frame = pl.DataFrame(list(contract_days), schema=["contract_id", "business_date"], orient="row")
-    found = ledger.last_posted_periods(conn, frame).filter(pl.col("last_bill_date").is_not_null())
-    return dict(found.select("contract_id", "last_bill_date").iter_rows())
+    found = ledger.last_posted_periods(conn, frame).filter(pl.col("paid_through").is_not_null())
+    return dict(found.select("contract_id", "paid_through").iter_rows())
 
 
 def posted_since(conn, contract_id, business_date):
@@ -75,20 +84,21 @@ def posted_since(conn, contract_id, business_date):
 
 
 def test_the_last_posted_period_comes_from_the_state_or_for_a_rerun_from_the_ledger(tmp_path):
-    """K1: the March period posted on March 2, April's on April 1. The next day reads
-    contract_periods; a rerun of April 1 (its posting is from that date) reads the ledger's
-    periods before it; so does a day run late. A warehouse written before contract_periods
-    existed gets it from its ledger when opened; the audit finds a state edited by hand."""
+    """K1: the March period posted on March 2 (paid through April 1), April's on April 1 (paid
+    through April 30). The next day reads contract_periods; a rerun of April 1 (its posting is
+    from that date) reads the ledger's periods before it; so does a day run late. A warehouse
+    written before contract_periods existed gets it from its ledger when opened; the audit finds
+    a state edited by hand."""
     conn = warehouse(tmp_path)
-    april = dt.date(2026, 4, 1)
+    april, april_end, march_end = dt.date(2026, 4, 1), dt.date(2026, 4, 30), dt.date(2026, 4, 1)
     with transaction(conn):
         ledger.post_entries(conn, entries(("p1", "C1", 500, "K1", DAY)))
     with transaction(conn):
         ledger.post_entries(conn, entries(("p2", "C1", 500, "K1", april), day=april))
-    assert conn.execute("SELECT * FROM contract_periods").fetchall() == [("K1", april, april)]
-    assert last_posted(conn, ("K1", dt.date(2026, 4, 2))) == {"K1": april}
-    assert last_posted(conn, ("K1", april)) == {"K1": DAY}  # a rerun of April 1
-    assert last_posted(conn, ("K1", dt.date(2026, 3, 15))) == {"K1": DAY}  # a day run late
+    assert conn.execute("SELECT * FROM contract_periods").fetchall() == [("K1", april, april, april_end)]
+    assert last_posted(conn, ("K1", dt.date(2026, 4, 2))) == {"K1": april_end}
+    assert last_posted(conn, ("K1", april)) == {"K1": march_end}  # a rerun of April 1
+    assert last_posted(conn, ("K1", dt.date(2026, 3, 15))) == {"K1": march_end}  # a day run late
     assert last_posted(conn, ("K1", DAY)) == {}
     assert last_posted(conn, ("K2", april)) == {}
     # whether a period of the contract was posted on the date or later: its new periods may exist
@@ -97,18 +107,39 @@ def test_the_last_posted_period_comes_from_the_state_or_for_a_rerun_from_the_led
     assert posted_since(conn, "K2", april) == {}
     # a contract asked for twice (two dates) gets one row, the latest of both, as from the ledger
     twice = pl.DataFrame({"contract_id": ["K1", "K1"], "business_date": [april, dt.date(2026, 4, 2)]})
-    assert ledger.last_posted_periods(conn, twice).rows() == [("K1", april, True)]
+    assert ledger.last_posted_periods(conn, twice).rows() == [("K1", april, april_end, True)]
 
     conn.execute("DROP TABLE contract_periods")
     create_schema(conn)
-    assert conn.execute("SELECT * FROM contract_periods").fetchall() == [("K1", april, april)]
+    assert conn.execute("SELECT * FROM contract_periods").fetchall() == [("K1", april, april, april_end)]
     assert not any(frame.height for frame in ledger.ledger_problems(conn).values())
 
-    conn.execute("UPDATE contract_periods SET last_bill_date = DATE '2026-03-02'")
-    assert ledger.ledger_problems(conn)["contract_periods_mismatches"].height == 1
-    # the check after the April 1 run (its periods only) finds it too
     day = pl.DataFrame({"facility_id": ["F1"], "business_date": [april]})
-    assert ledger.ledger_problems(conn, day)["contract_periods_mismatches"].height == 1
+    for edit in ("last_bill_date = DATE '2026-03-02'", f"paid_through = DATE '{march_end}'"):
+        conn.execute(f"UPDATE contract_periods SET {edit}")
+        assert ledger.ledger_problems(conn)["contract_periods_mismatches"].height == 1, edit
+        # the check after the April 1 run (its periods only) finds it too
+        assert ledger.ledger_problems(conn, day)["contract_periods_mismatches"].height == 1, edit
+        conn.execute("DROP TABLE contract_periods")
+        create_schema(conn)  # made again from the ledger
+
+
+def test_periods_of_an_older_ledger_without_an_end_are_paid_through_their_bill_date(tmp_path):
+    """A file written before periods had an end: its contract_periods, without paid_through, is
+    made again from the ledger at the next open, and an entry without an end counts its bill
+    date as paid (the window opens after it, as that version did)."""
+    conn = warehouse(tmp_path)
+    with transaction(conn):
+        ledger.post_entries(conn, entries(("p1", "C1", 500, "K1", DAY, None), ("p2", "C2", 500, "K2", DAY)))
+    conn.execute("DROP TABLE contract_periods")
+    conn.execute("CREATE TABLE contract_periods (contract_id VARCHAR PRIMARY KEY, last_bill_date DATE NOT NULL, "
+                 "last_business_date DATE NOT NULL)")
+    conn.execute("INSERT INTO contract_periods VALUES ('K1', $d, $d)", {"d": DAY})
+    create_schema(conn)
+    assert conn.execute("SELECT * FROM contract_periods ORDER BY 1").fetchall() == [
+        ("K1", DAY, DAY, DAY), ("K2", DAY, DAY, month_end(DAY))]
+    assert last_posted(conn, ("K1", DAY + dt.timedelta(days=1))) == {"K1": DAY}
+    assert not any(frame.height for frame in ledger.ledger_problems(conn).values())
 
 
 def test_new_entries_go_in_plainly_and_a_second_posting_fails_the_transaction(tmp_path):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import polars as pl
 
-from billing_pipeline.rules.text import fmt
 
 STEP_DAYS = {"weekly": 7, "biweekly": 14}
 STEP_MONTHS = {"monthly": 1, "quarterly": 3, "yearly": 12}
@@ -24,13 +23,6 @@ def step_columns(frequency: pl.Expr) -> list[pl.Expr]:
     """`step_days` and `step_months` of a plan frequency (the other one null)."""
     return [frequency.replace_strict(STEP_DAYS, default=None, return_dtype=pl.Int64).alias("step_days"),
             frequency.replace_strict(STEP_MONTHS, default=None, return_dtype=pl.Int64).alias("step_months")]
-
-
-def one_step_after(date: pl.Expr) -> pl.Expr:
-    """`date` one step of the series later (reads step_days / step_months); a month step keeps
-    the day, clamped to the month's last day (Jan 31 -> Feb 28)."""
-    return (pl.when(pl.col("step_days").is_not_null()).then(date + pl.duration(days=pl.col("step_days")))
-            .otherwise(date.dt.offset_by(fmt("{}mo", pl.col("step_months")))))
 
 
 def month_index(date: pl.Expr) -> pl.Expr:
@@ -173,7 +165,8 @@ def with_count_between(frame: pl.LazyFrame, after: str, through: str, name: str)
 
 
 def explode_bill_dates(frame: pl.LazyFrame, after: str, through: str) -> pl.LazyFrame:
-    """One row per bill date b with after < b <= through, as column `bill_date`.
+    """One row per bill date b with after < b <= through, as column `bill_date`, with
+    `next_bill_date`, the series' date after it: the period b bills runs up to the day before.
 
     `frame` comes from `with_count_between`; callers cap the window first, so the explosion
     stays small.
@@ -183,10 +176,13 @@ def explode_bill_dates(frame: pl.LazyFrame, after: str, through: str) -> pl.Lazy
         .explode("_k")
         .filter(pl.col("_k").is_not_null())
         .pipe(with_nth_bill_date, "_k", "bill_date")
+        .with_columns(pl.col("_k") + 1)
+        .pipe(with_nth_bill_date, "_k", "next_bill_date")
         .drop("_k")
     )
+    # An extra first date is always before the anchor (the anchor is a billing day after it).
     extra = frame.filter(
         pl.col("extra_first").is_not_null() & (pl.col("extra_first") <= pl.col(through))
         & (pl.col(after).is_null() | (pl.col("extra_first") > pl.col(after)))
-    ).with_columns(pl.col("extra_first").alias("bill_date"))
+    ).with_columns(pl.col("extra_first").alias("bill_date"), pl.col("anchor").alias("next_bill_date"))
     return pl.concat([series, extra], how="vertical").drop("_lo", "_hi")

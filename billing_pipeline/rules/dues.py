@@ -1,10 +1,20 @@
 """Dues posting (SPEC 1.3): which periods post tonight, and which contracts are in error.
 
-A period is a (contract, bill date). Every unposted period with a bill date on or before the
-business date posts once: dues if the contract is active on that bill date, the plan's freeze
-fee if it is frozen then and the fee is above 0, nothing otherwise (no catch-up for frozen
-periods). A contract in error posts nothing; its error repeats each night until the data is
-fixed, and then the missed periods catch up.
+A period is a (contract, bill date): it runs from its bill date to the day before the series'
+next one (`period_end`). Every unposted period with a bill date on or before the business date
+posts once: dues if the contract is active on that bill date, the plan's freeze fee if it is
+frozen then and the fee is above 0, nothing otherwise (no catch-up for frozen periods). A
+contract in error posts nothing; its error repeats each night until the data is fixed, and then
+the missed periods catch up.
+
+A schedule edited after a period posted (first bill date, start date, the facility's billing
+day, the plan's frequency) moves the series, and its next dates may fall inside the time that
+period paid for (up to its `period_end`, as the schedule stood when it posted). A period half
+or more of whose days are paid already stands in for the periods that paid them and does not
+post (`mostly_paid`); one mostly unpaid posts, and pays its few paid days twice. So the series
+continues from its date nearest to the end of the paid time: the days paid twice come to less
+than half a period, the days left unbilled to at most half (a pro-rated charge for them is not
+in SPEC). The same holds on a rerun for the periods its own date posted.
 """
 
 from __future__ import annotations
@@ -20,7 +30,8 @@ MAX_MISSED_PERIODS = 12
 # Above this many bill dates in the window, the window is not expanded: it is an error anyway.
 EXPANSION_CAP = 400
 
-DUE_COLUMNS = ["business_date", "facility_id", "contract_id", "customer_id", "bill_date", "kind", "amount_cents"]
+DUE_COLUMNS = ["business_date", "facility_id", "contract_id", "customer_id", "bill_date", "period_end", "kind",
+               "amount_cents"]
 ERROR_COLUMNS = ["business_date", "facility_id", "contract_id", "customer_id", "error_code", "message"]
 
 
@@ -127,12 +138,13 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
     """Unposted periods up to the business date, and contracts with too many of them.
 
     `processed` must be free of plan errors (it needs the plan's schedule). `last_posted`:
-    contract_id, last_bill_date (latest period posted before this business date).
-    `posted_today`: contract_id, business_date, posted_bill_date of a rerun's contracts with the
-    periods the business date posted already (null if none): those are not unposted, so not
-    counted against the limit; and a period standing in for one of them, or for the last one
-    posted before (`stand_ins`), is dropped.
-    Returns (periods with kind and amount, too_many_missed_periods errors).
+    contract_id, last_bill_date and paid_through (the latest period posted before this business
+    date, and the last day the periods posted before it cover). A period half or more paid by
+    them is dropped (`mostly_paid`), and not counted as missed.
+    `posted_today`: contract_id, business_date, posted_bill_date, posted_period_end: the periods
+    a rerun's business date posted already. Those are not unposted, so not counted against the
+    limit; and a period standing in for one of them (`stand_ins`) is dropped.
+    Returns (periods with kind, amount and period_end, too_many_missed_periods errors).
     """
     # Nothing bills from a termination or conclusion on: the window ends the day before. A contract
     # off the timeline (no change applies to it) ends after its end date.
@@ -172,20 +184,18 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
             .otherwise(None).alias("kind"))
         .filter(pl.col("kind").is_not_null())
         .with_columns(pl.when(pl.col("kind") == "dues").then(pl.col("amount_cents"))
-                      .otherwise(pl.col("freeze_fee_cents")).alias("amount_cents"))
+                      .otherwise(pl.col("freeze_fee_cents")).alias("amount_cents"),
+                      (pl.col("next_bill_date") - pl.duration(days=1)).alias("period_end"))
+        # (Only after an edit of the schedule: on every other night paid_through is the day
+        # before the next bill date, and nothing is paid of the periods in the window.)
+        .filter(~mostly_paid(pl.col("bill_date"), pl.col("paid_through")))
         .select(*DUE_COLUMNS, "contract_key")
     ).collect().lazy()
     unposted = periods
     if posted_today is not None:
-        rerun = posted_today.select("contract_id", "business_date").unique()
-        before = (windows.join(rerun, on=["contract_id", "business_date"], how="semi")
-                  .filter(pl.col("last_bill_date").is_not_null())
-                  .select("contract_id", "business_date", pl.col("last_bill_date").alias("posted_bill_date")))
-        posted = pl.concat([posted_today.select("contract_id", "business_date", "posted_bill_date")
-                            .filter(pl.col("posted_bill_date").is_not_null()), before])
-        replaced = stand_ins(periods, windows.select("contract_id", "business_date", "frequency"), posted)
+        replaced = stand_ins(periods, posted_today)
         periods = periods.join(replaced, on=["contract_id", "bill_date"], how="anti").collect().lazy()
-        unposted = periods.join(posted.select("contract_id", pl.col("posted_bill_date").alias("bill_date")),
+        unposted = periods.join(posted_today.select("contract_id", pl.col("posted_bill_date").alias("bill_date")),
                                 on=["contract_id", "bill_date"], how="anti")
     counts = unposted.group_by("contract_key").agg(
         pl.len().cast(pl.Int64).alias("n_periods"), pl.col("bill_date").min().alias("first"), pl.col("bill_date").max().alias("last"))
@@ -232,28 +242,31 @@ def post_dues(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl.L
     }
 
 
-def stand_ins(due: pl.LazyFrame, frequencies: pl.LazyFrame, posted: pl.LazyFrame) -> pl.LazyFrame:
-    """contract_id, bill_date of a rerun's periods that stand in for a posted one (a period its
-    business date posted, or the last one posted before): another bill date less than one step
-    (the plan's frequency) from it. The schedule was edited between the runs (first bill date,
-    start date, a facility's billing day): posting both would bill one interval twice. A period
-    a step or more away is a period of its own, and posts (one the first run skipped, its data
-    fixed since).
+def mostly_paid(paid_from: pl.Expr, paid_through: pl.Expr) -> pl.Expr:
+    """Whether half or more of the period (bill_date .. period_end) lies in paid_from ..
+    paid_through (false if that is null)."""
+    start, end = pl.col("bill_date"), pl.col("period_end")
+    # (Not min/max_horizontal: they skip a null, and nothing paid must not read as all of it.)
+    last = pl.when(end < paid_through).then(end).otherwise(paid_through)
+    first = pl.when(start > paid_from).then(start).otherwise(paid_from)
+    return (2 * ((last - first).dt.total_days() + 1) >= (end - start).dt.total_days() + 1).fill_null(False)
 
-    due: contract_id, business_date, bill_date; frequencies: contract_id, business_date,
-    frequency; posted: contract_id, business_date, posted_bill_date.
+
+def stand_ins(due: pl.LazyFrame, posted: pl.LazyFrame) -> pl.LazyFrame:
+    """contract_id, bill_date of a rerun's periods that stand in for one its business date
+    posted: another period half or more of whose days that one paid (`mostly_paid`). The
+    schedule was edited between the runs (first bill date, start date, a facility's billing day,
+    the plan's frequency): posting both would bill those days twice. A period mostly unpaid is a
+    period of its own, and posts (one the first run skipped, its data fixed since).
+
+    due: contract_id, business_date, bill_date, period_end; posted: contract_id, business_date,
+    posted_bill_date, posted_period_end (null in a ledger written before periods had an end:
+    taken as the bill date alone).
     """
-    other, bill_date = pl.col("posted_bill_date"), pl.col("bill_date")
-    # Steps forward only, from the earlier of the two: a month back from Feb 28 is Jan 28, and
-    # Jan 31 (a month before it on an anchor of 31) would look closer than a step.
-    within_a_step = (((bill_date < other) & (bill_dates.one_step_after(bill_date) > other))
-                     | ((bill_date > other) & (bill_dates.one_step_after(other) > bill_date)))
+    paid = mostly_paid(pl.col("posted_bill_date"), pl.coalesce("posted_period_end", "posted_bill_date"))
     return (
-        due.select("contract_id", "business_date", "bill_date")
-        .join(frequencies.select("contract_id", "business_date",
-                                 *bill_dates.step_columns(pl.col("frequency").cast(pl.String))),
-              on=["contract_id", "business_date"])
+        due.select("contract_id", "business_date", "bill_date", "period_end")
         .join(posted, on=["contract_id", "business_date"])
-        .filter(within_a_step)
+        .filter((pl.col("bill_date") != pl.col("posted_bill_date")) & paid)
         .select("contract_id", "bill_date").unique()
     )

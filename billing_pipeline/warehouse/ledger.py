@@ -16,11 +16,11 @@ import duckdb
 import polars as pl
 
 from billing_pipeline.rules.text import fmt
-from billing_pipeline.warehouse.state import PERIOD_KINDS, PERIOD_KINDS_SQL, contract_periods_upsert
+from billing_pipeline.warehouse.state import PERIOD_END_SQL, PERIOD_KINDS, PERIOD_KINDS_SQL, contract_periods_upsert
 from billing_pipeline.warehouse.store import execute, query, register
 
 LEDGER_COLUMNS = ["entry_id", "business_date", "facility_id", "customer_id", "kind", "amount_cents",
-                  "contract_id", "bill_date", "idempotency_key", "product_id"]
+                  "contract_id", "bill_date", "period_end", "idempotency_key", "product_id"]
 
 
 def period_entry_id(contract_id: pl.Expr, bill_date: pl.Expr) -> pl.Expr:
@@ -31,7 +31,7 @@ def dues_entries(postings: pl.DataFrame) -> pl.DataFrame:
     return postings.select(
         period_entry_id(pl.col("contract_id"), pl.col("bill_date")).alias("entry_id"),
         "business_date", "facility_id", "customer_id", "kind", "amount_cents", "contract_id", "bill_date",
-        pl.lit(None, pl.String).alias("idempotency_key"), pl.lit(None, pl.String).alias("product_id"))
+        "period_end", pl.lit(None, pl.String).alias("idempotency_key"), pl.lit(None, pl.String).alias("product_id"))
 
 
 def billing_entries(approved: pl.DataFrame) -> pl.DataFrame:
@@ -43,13 +43,15 @@ def billing_entries(approved: pl.DataFrame) -> pl.DataFrame:
     surcharges = base.filter(pl.col("surcharge_cents") > 0).select(
         fmt("surcharge|{}", "idempotency_key").alias("entry_id"), "business_date", "facility_id",
         "customer_id", pl.lit("surcharge").alias("kind"), pl.col("surcharge_cents").alias("amount_cents"),
-        pl.lit(None, pl.String).alias("contract_id"), pl.lit(None, pl.Date).alias("bill_date"), "idempotency_key",
+        pl.lit(None, pl.String).alias("contract_id"), pl.lit(None, pl.Date).alias("bill_date"),
+        pl.lit(None, pl.Date).alias("period_end"), "idempotency_key",
         pl.col("surcharge_product_id").alias("product_id"))
     payments = base.select(
         fmt("payment|{}", "idempotency_key").alias("entry_id"), "business_date", "facility_id",
         "customer_id", pl.lit("billing_payment").alias("kind"),
         (-(pl.col("amount_cents") + pl.col("surcharge_cents"))).alias("amount_cents"),
-        pl.lit(None, pl.String).alias("contract_id"), pl.lit(None, pl.Date).alias("bill_date"), "idempotency_key",
+        pl.lit(None, pl.String).alias("contract_id"), pl.lit(None, pl.Date).alias("bill_date"),
+        pl.lit(None, pl.Date).alias("period_end"), "idempotency_key",
         pl.lit(None, pl.String).alias("product_id"))
     return pl.concat([surcharges, payments])
 
@@ -71,7 +73,7 @@ def post_entries(conn: duckdb.DuckDBPyConnection, entries: pl.DataFrame) -> int:
         inserted = conn.execute(f"""
             INSERT INTO ledger ({columns}, posted_at) SELECT {columns}, now() FROM _entries
             ON CONFLICT DO NOTHING RETURNING customer_id, amount_cents, kind, contract_id, bill_date,
-                                             business_date""").to_arrow_table()
+                                             period_end, business_date""").to_arrow_table()
     conn.unregister("_entries")
     move_state(conn, pl.from_arrow(inserted))
     return inserted.num_rows
@@ -104,21 +106,23 @@ def postings_kept(conn: duckdb.DuckDBPyConnection, facility_days: pl.DataFrame) 
         return stored
     # As the ledger has them (a row a rerun rewrote with other values, before, is put right).
     return query(conn, """
-        SELECT p.business_date, p.facility_id, p.contract_id, l.customer_id, p.bill_date, l.kind, l.amount_cents,
-               p.entry_id
-        FROM _stored p JOIN (SELECT entry_id, facility_id, business_date, customer_id, kind, amount_cents FROM ledger
+        SELECT p.business_date, p.facility_id, p.contract_id, l.customer_id, p.bill_date, l.period_end, l.kind,
+               l.amount_cents, p.entry_id
+        FROM _stored p JOIN (SELECT entry_id, facility_id, business_date, customer_id, kind, amount_cents, period_end
+                             FROM ledger
                              SEMI JOIN _stored USING (entry_id)) l
           USING (entry_id, facility_id, business_date)""", _stored=stored)
 
 
 def periods_posted_on(conn: duckdb.DuckDBPyConnection, contract_days: pl.DataFrame) -> pl.DataFrame:
-    """contract_id, business_date, posted_bill_date: the periods the ledger has of the contracts
-    posted on those business dates (by any facility)."""
+    """contract_id, business_date, posted_bill_date, posted_period_end: the periods the ledger has
+    of the contracts posted on those business dates (by any facility)."""
     if contract_days.is_empty():
-        return pl.DataFrame(schema={"contract_id": pl.String, "business_date": pl.Date, "posted_bill_date": pl.Date})
+        return pl.DataFrame(schema={"contract_id": pl.String, "business_date": pl.Date, "posted_bill_date": pl.Date,
+                                    "posted_period_end": pl.Date})
     dates = contract_days.get_column("business_date")
     return query(conn, f"""
-        SELECT l.contract_id, l.business_date, l.bill_date AS posted_bill_date
+        SELECT l.contract_id, l.business_date, l.bill_date AS posted_bill_date, l.period_end AS posted_period_end
         FROM ledger l JOIN _days d USING (contract_id, business_date)
         WHERE l.kind IN {PERIOD_KINDS_SQL} AND l.business_date BETWEEN $lo AND $hi""",
                  params={"lo": dates.min(), "hi": dates.max()},
@@ -155,7 +159,7 @@ def move_state(conn: duckdb.DuckDBPyConnection, inserted: pl.DataFrame) -> None:
     periods = inserted.filter(pl.col("kind").is_in(PERIOD_KINDS))
     if periods.height:
         execute(conn, contract_periods_upsert("_periods"),
-                _periods=periods.select("kind", "contract_id", "bill_date", "business_date"))
+                _periods=periods.select("kind", "contract_id", "bill_date", "period_end", "business_date"))
 
 
 def ledger_sums(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame) -> pl.DataFrame:
@@ -177,22 +181,25 @@ def ledger_sums(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame) ->
 
 def last_posted_periods(conn: duckdb.DuckDBPyConnection, contract_days: pl.DataFrame) -> pl.DataFrame:
     """Per contract with a period in the ledger: `last_bill_date`, the latest bill date posted
-    before the business date (null if none), and `posted_since`, whether a period of it was
+    before the business date, and `paid_through`, the last day the periods posted before it
+    cover (both null if none), and `posted_since`, whether a period of it was
     posted on that date or later (a day rerun, or run late). From contract_periods when its
     latest posting is from an earlier date (every night's case); from the contract's ledger
     entries otherwise. (A rerun recomputes its date's periods: those it posted are posted
     already, one it skipped posts now, one standing in for a posted one does not, `dues.stand_ins`.)"""
     return query(conn, f"""
-        WITH known AS (SELECT c.contract_id, c.business_date, s.last_bill_date, s.last_business_date
+        WITH known AS (SELECT c.contract_id, c.business_date, s.last_bill_date, s.paid_through, s.last_business_date
                        FROM _days c JOIN contract_periods s USING (contract_id)),
         rerun AS (SELECT contract_id, business_date FROM known WHERE last_business_date >= business_date),
-        found AS (SELECT contract_id, last_bill_date, false AS since FROM known WHERE last_business_date < business_date
+        found AS (SELECT contract_id, last_bill_date, paid_through, false AS since FROM known
+                  WHERE last_business_date < business_date
                   UNION ALL
-                  SELECT contract_id, NULL, true FROM rerun
+                  SELECT contract_id, NULL, NULL, true FROM rerun
                   UNION ALL
-                  SELECT l.contract_id, l.bill_date, true FROM ledger l JOIN rerun c USING (contract_id)
+                  SELECT l.contract_id, l.bill_date, {PERIOD_END_SQL}, true FROM ledger l JOIN rerun c USING (contract_id)
                   WHERE l.kind IN {PERIOD_KINDS_SQL} AND l.business_date < c.business_date)
-        SELECT contract_id, max(last_bill_date) AS last_bill_date, bool_or(since) AS posted_since
+        SELECT contract_id, max(last_bill_date) AS last_bill_date, max(paid_through) AS paid_through,
+               bool_or(since) AS posted_since
         FROM found GROUP BY contract_id""", _days=contract_days.select("contract_id", "business_date"))
 
 
@@ -258,23 +265,28 @@ def ledger_problems(conn: duckdb.DuckDBPyConnection,
             GROUP BY ALL HAVING count(*) > 1 ORDER BY ALL LIMIT 100""",
         "postings_missing_from_ledger": f"""
             {ctes}, -- the ledger probes the postings: ANTI JOIN ledger hashed every entry id (1.7 s at 33M)
-            -- the same entry, kind and amount: a posting listed with other values than posted is missing too
-            posted AS (SELECT entry_id, kind, amount_cents FROM ledger SEMI JOIN batch_postings USING (entry_id))
-            SELECT p.entry_id FROM batch_postings p ANTI JOIN posted USING (entry_id, kind, amount_cents)
+            -- the same entry, kind, amount and end: a posting listed with other values than posted is missing too
+            posted AS (SELECT entry_id, kind, amount_cents, period_end FROM ledger SEMI JOIN batch_postings USING (entry_id))
+            SELECT p.entry_id FROM batch_postings p ANTI JOIN posted l
+              ON p.entry_id = l.entry_id AND p.kind = l.kind AND p.amount_cents = l.amount_cents
+                 AND p.period_end IS NOT DISTINCT FROM l.period_end
             ORDER BY 1 LIMIT 100""",
         # The state a night reads instead of the ledger's periods (`last_posted_periods`): after a
         # run, it covers every period the run posted; the daily audit checks it equals the ledger.
         "contract_periods_mismatches": f"""
             {ctes}, periods AS (SELECT contract_id, max(bill_date) AS ledger_bill_date,
-                                       max(business_date) AS ledger_business_date
+                                       max(business_date) AS ledger_business_date,
+                                       max({PERIOD_END_SQL}) AS ledger_paid_through
                                 FROM {"batch" if scoped else "ledger"} WHERE kind IN {PERIOD_KINDS_SQL} GROUP BY contract_id)
             SELECT coalesce(p.contract_id, s.contract_id) AS contract_id, p.ledger_bill_date, s.last_bill_date,
-                   p.ledger_business_date, s.last_business_date
+                   p.ledger_business_date, s.last_business_date, p.ledger_paid_through, s.paid_through
             FROM periods p {"LEFT" if scoped else "FULL"} JOIN contract_periods s USING (contract_id)
             WHERE {"s.contract_id IS NULL OR s.last_bill_date < p.ledger_bill_date"
-                   " OR s.last_business_date < p.ledger_business_date" if scoped else
+                   " OR s.last_business_date < p.ledger_business_date OR s.paid_through < p.ledger_paid_through"
+                   if scoped else
                    "p.ledger_bill_date IS DISTINCT FROM s.last_bill_date"
-                   " OR p.ledger_business_date IS DISTINCT FROM s.last_business_date"}
+                   " OR p.ledger_business_date IS DISTINCT FROM s.last_business_date"
+                   " OR p.ledger_paid_through IS DISTINCT FROM s.paid_through"}
             ORDER BY 1 LIMIT 100""",
         "periods_posted_on_two_days": f"""
             {ctes} SELECT contract_id, bill_date, count(DISTINCT business_date) AS days FROM dues_postings {posted}

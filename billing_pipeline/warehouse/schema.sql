@@ -20,38 +20,46 @@ CREATE TABLE IF NOT EXISTS status_change_errors (
     business_date DATE, facility_id VARCHAR, change_id VARCHAR, contract_id VARCHAR,
     error_code VARCHAR, message VARCHAR);
 
+-- period_end: the last day a period covers (the day before the series' next bill date).
 CREATE TABLE IF NOT EXISTS due_contracts (
     business_date DATE, facility_id VARCHAR, contract_id VARCHAR, customer_id VARCHAR,
-    bill_date DATE, kind VARCHAR, amount_cents BIGINT);
+    bill_date DATE, kind VARCHAR, amount_cents BIGINT, period_end DATE);
 
 CREATE TABLE IF NOT EXISTS dues_postings (
     business_date DATE, facility_id VARCHAR, contract_id VARCHAR, customer_id VARCHAR,
-    bill_date DATE, kind VARCHAR, amount_cents BIGINT, entry_id VARCHAR);
+    bill_date DATE, kind VARCHAR, amount_cents BIGINT, entry_id VARCHAR, period_end DATE);
+ALTER TABLE due_contracts ADD COLUMN IF NOT EXISTS period_end DATE;  -- files written before it existed
+ALTER TABLE dues_postings ADD COLUMN IF NOT EXISTS period_end DATE;
 
 CREATE TABLE IF NOT EXISTS dues_posting_errors (
     business_date DATE, facility_id VARCHAR, contract_id VARCHAR, customer_id VARCHAR,
     error_code VARCHAR, message VARCHAR);
 
 -- Append-only. One entry per period (entry_id 'period|contract|bill_date'), one payment and
--- one surcharge per idempotency key: a second posting of either is impossible.
+-- one surcharge per idempotency key: a second posting of either is impossible. A period's
+-- entry covers bill_date through period_end (null in files written before it existed).
 CREATE TABLE IF NOT EXISTS ledger (
     entry_id VARCHAR PRIMARY KEY, business_date DATE NOT NULL, facility_id VARCHAR NOT NULL,
     customer_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, amount_cents BIGINT NOT NULL,
-    contract_id VARCHAR, bill_date DATE, idempotency_key VARCHAR, product_id VARCHAR, posted_at TIMESTAMPTZ);
+    contract_id VARCHAR, bill_date DATE, idempotency_key VARCHAR, product_id VARCHAR, posted_at TIMESTAMPTZ,
+    period_end DATE);
 
 ALTER TABLE ledger ADD COLUMN IF NOT EXISTS product_id VARCHAR;  -- files written before it existed
+ALTER TABLE ledger ADD COLUMN IF NOT EXISTS period_end DATE;
 
 -- Running balance per customer, updated in the same transaction as the ledger; the ledger
 -- check compares it with the sum of the ledger after every run.
 CREATE TABLE IF NOT EXISTS customer_balances (
     customer_id VARCHAR PRIMARY KEY, balance_cents BIGINT NOT NULL, entries BIGINT NOT NULL);
 
--- Per contract: the latest dues / freeze fee period in the ledger and the latest business date
--- that posted one, moved in the same transaction as the ledger: a night reads it instead of
--- every period ever posted (`ledger.last_posted_periods`). Caught up with entries posted by
--- anything else at every open (`state.CATCH_UPS`); the daily audit checks it against the ledger.
+-- Per contract: the latest dues / freeze fee period in the ledger, the last day its periods
+-- cover (paid_through: the next period starts after it) and the latest business date that
+-- posted one, moved in the same transaction as the ledger: a night reads it instead of every
+-- period ever posted (`ledger.last_posted_periods`). Caught up with entries posted by anything
+-- else at every open (`state.CATCH_UPS`); the daily audit checks it against the ledger.
 CREATE TABLE IF NOT EXISTS contract_periods (
-    contract_id VARCHAR PRIMARY KEY, last_bill_date DATE NOT NULL, last_business_date DATE NOT NULL);
+    contract_id VARCHAR PRIMARY KEY, last_bill_date DATE NOT NULL, last_business_date DATE NOT NULL,
+    paid_through DATE NOT NULL);
 
 -- How far each state table above has taken in the history (write time of the latest row).
 CREATE TABLE IF NOT EXISTS state_caught_up (state_table VARCHAR PRIMARY KEY, caught_up_to TIMESTAMPTZ NOT NULL);

@@ -34,7 +34,7 @@ import duckdb
 import polars as pl
 from filelock import FileLock, Timeout
 
-from billing_pipeline.warehouse.state import CATCH_UPS
+from billing_pipeline.warehouse.state import CATCH_UPS, REBUILT_WITHOUT
 
 
 # Background allocator threads hand memory freed by a big query back to the system: without them
@@ -215,6 +215,12 @@ def create_schema(conn: duckdb.DuckDBPyConnection) -> None:
     history (`state.CATCH_UPS`), in one transaction."""
     with transaction(conn):
         existing = {name for (name,) in conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        for table, column in REBUILT_WITHOUT.items():
+            columns = {name for (name,) in conn.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE table_name = $t", {"t": table}).fetchall()}
+            if table in existing and column not in columns:
+                conn.execute(f"DROP TABLE {table}")
+                existing.discard(table)
         conn.execute(resources.files("billing_pipeline.warehouse").joinpath("schema.sql").read_text())
         marks = dict(conn.execute("SELECT state_table, caught_up_to FROM state_caught_up").fetchall())
         for table, (latest_sql, sql) in CATCH_UPS.items():
