@@ -49,6 +49,14 @@ CASES = {
                           "facilities.csv, column 'timezone', row facility_id=F1"),
     "duplicate key": ("contracts", "contract_id", "K2", "K1", "contracts.csv, column 'contract_id', row contract_id=K1"),
     "missing required value": ("customers", "name", "C2", "", "customers.csv, column 'name', row customer_id=C2"),
+    # a setting turned on without the value it needs (SPEC 3: empty only where the setting is off)
+    "fixed sweep without days": ("facilities", "sweep_mode", "F1", "fixed",
+                                 "facilities.csv, column 'fixed_sweep_days', row facility_id=F1: empty value where "
+                                 "one is required (sweep_mode is fixed)"),
+    "rolling sweep without days": ("facilities", "sweep_mode", "F1", "rolling",
+                                   "facilities.csv, column 'rolling_sweep_days', row facility_id=F1"),
+    "surcharge without product": ("facilities", "surcharge_enabled", "F1", "true",
+                                  "facilities.csv, column 'surcharge_product_id', row facility_id=F1"),
 }
 KEYS = {"contracts": "contract_id", "payment_methods": "payment_method_id", "facilities": "facility_id",
         "customers": "customer_id"}

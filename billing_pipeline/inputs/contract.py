@@ -144,11 +144,21 @@ class Members(pa.DataFrameModel):
 
 
 @dataclass(frozen=True)
+class RequiredWhen:
+    """A column that may be empty only when its setting is off (SPEC 3): empty while `when`
+    holds, the row is bad input."""
+    column: str
+    when: pl.Expr
+    because: str
+
+
+@dataclass(frozen=True)
 class TableContract:
     name: str
     model: type[pa.DataFrameModel]
     key: str
     required: bool = True
+    required_when: tuple[RequiredWhen, ...] = ()
 
     @property
     def schema(self) -> pa.DataFrameSchema:
@@ -162,7 +172,12 @@ class TableContract:
 TABLES: dict[str, TableContract] = {
     t.name: t
     for t in [
-        TableContract("facilities", Facilities, "facility_id"),
+        TableContract("facilities", Facilities, "facility_id", required_when=(
+            RequiredWhen("fixed_sweep_days", pl.col("sweep_mode") == "fixed", "sweep_mode is fixed"),
+            RequiredWhen("rolling_sweep_days", pl.col("sweep_mode") == "rolling", "sweep_mode is rolling"),
+            RequiredWhen("surcharge_product_id", pl.col("surcharge_enabled"), "surcharge_enabled is true"),
+            RequiredWhen("surcharge_percent", pl.col("surcharge_enabled"), "surcharge_enabled is true"),
+        )),
         TableContract("plans", Plans, "plan_id"),
         TableContract("customers", Customers, "customer_id"),
         TableContract("contracts", Contracts, "contract_id"),

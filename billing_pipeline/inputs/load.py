@@ -165,6 +165,11 @@ def validate(frame: pl.DataFrame, contract: TableContract, file: str, keys: pl.S
         schema.validate(frame, lazy=True)
     except pandera.errors.SchemaErrors as errors:
         raise first_failure(errors, contract, file, keys) from None
+    for rule in contract.required_when:
+        empty = frame.select((rule.when & pl.col(rule.column).is_null()).fill_null(False)).to_series()
+        if empty.any():
+            raise InputError(file, f"empty value where one is required ({rule.because}){more(empty.sum())}",
+                             column=rule.column, row_key=f"{contract.key}={keys[empty.arg_true()[0]]}")
 
 
 def is_unique(values: pl.Series) -> bool:
