@@ -196,12 +196,12 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
     posted = ledger.last_posted_periods(conn, processed)
     last_posted = (posted.filter(pl.col("last_bill_date").is_not_null())
                    .select("contract_id", "last_bill_date", "paid_through"))
-    # A rerun's (or a late day's) contracts: the periods its date posted already.
+    # A rerun's (or a late day's) contracts: the periods its date, and later ones, posted already.
     since = posted.filter(pl.col("posted_since")).select("contract_id")
     rerun = processed.select("contract_id", "business_date")
     # (Every night's case: nothing posted on the date yet, no semi join over the 10M contracts.)
     rerun = rerun.join(since, on="contract_id", how="semi") if since.height else rerun.clear()
-    own = ledger.periods_posted_on(conn, rerun)
+    own = ledger.periods_posted_since(conn, rerun)
     out = {name: frame.collect() for name, frame in dues.post_dues(
         processed.lazy(), last_posted.lazy(), night.timeline.lazy(), night.duplicates.lazy(),
         own.lazy() if own.height else None).items()}

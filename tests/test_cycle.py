@@ -318,6 +318,64 @@ def test_a_frequency_changed_then_an_old_day_rerun_bills_no_week_of_a_paid_month
     assert dues == [(D(2026, 1, 10), D(2026, 2, 9), D(2026, 1, 10)), (D(2026, 2, 7), D(2026, 2, 13), D(2026, 2, 7))]
 
 
+def test_a_rerun_does_not_bill_a_month_the_weeks_its_date_posted_paid_together(tmp_path):
+    """Feb 2 catches up K1's weeks Jan 5 to Feb 2 (paid through Feb 8); the plan becomes monthly
+    and Feb 2 is rerun. January (Jan 1-31) is paid 27 of 31 days by the weeks together, though by
+    no single one: it stands in. February (8 of 28 days paid) posts."""
+    def export(frequency):
+        return write_export(tmp_path / "data", facilities=[facility(timezone="UTC")],
+                            plans=[plan(frequency=frequency, schedule="facility")],
+                            contracts=[contract("K1", start_date=D(2026, 1, 1))])
+    db = tmp_path / "billing.duckdb"
+    run(export("weekly"), db, D(2026, 2, 2), D(2026, 2, 2))
+    data = export("monthly")
+    summary, = run(data, db, D(2026, 2, 2), D(2026, 2, 2))
+    assert summary.ledger_problems == {name: 0 for name in summary.ledger_problems}
+    with duckdb.connect(str(db), read_only=True) as conn:
+        dues = conn.sql("SELECT bill_date FROM ledger WHERE kind = 'dues' ORDER BY 1").fetchall()
+    assert dues == [(d,) for d in [D(2026, 1, 5), D(2026, 1, 12), D(2026, 1, 19), D(2026, 1, 26), D(2026, 2, 1),
+                                   D(2026, 2, 2)]]
+    assert_a_rerun_changes_nothing(data, db, D(2026, 2, 2))
+
+
+def test_an_old_day_rerun_after_an_edit_counts_what_later_days_posted(tmp_path):
+    """K1 posts Jan 1 and Feb 1 on their nights; its first bill date is edited to Jan 20 and
+    Jan 20 is rerun: Jan 20-Feb 19 is paid by Jan 1 and Feb 1 together (posted before it and
+    after it) and does not post."""
+    def export(**fields):
+        return write_export(tmp_path / "data", facilities=[facility(timezone="UTC")],
+                            contracts=[contract("K1", start_date=D(2026, 1, 1), **fields)])
+    db = tmp_path / "billing.duckdb"
+    run(export(), db, D(2026, 1, 1), D(2026, 2, 5))
+    summary, = run(export(first_bill_date=D(2026, 1, 20)), db, D(2026, 1, 20), D(2026, 1, 20))
+    assert summary.ledger_problems == {name: 0 for name in summary.ledger_problems}
+    with duckdb.connect(str(db), read_only=True) as conn:
+        dues = conn.sql("SELECT bill_date FROM ledger WHERE kind = 'dues' ORDER BY 1").fetchall()
+        listed = conn.sql("SELECT count(*) FROM due_contracts WHERE business_date = DATE '2026-01-20'").fetchall()
+    assert dues == [(D(2026, 1, 1),), (D(2026, 2, 1),)] and listed == [(0,)]
+
+
+def test_a_rerun_over_periods_posted_before_they_had_an_end_takes_them_to_end_a_step_later(tmp_path):
+    """Mar 15 posts K1's month; its end is then removed, as in a warehouse written before periods
+    had one (contract_periods made again at the next open). The first bill date is corrected to
+    Mar 13 and Mar 15 rerun: Mar 13 is within a month of the posted Mar 15 and does not post,
+    as before ends were kept."""
+    def export(**fields):
+        return write_export(tmp_path / "data", facilities=[facility(timezone="UTC")],
+                            contracts=[contract("K1", start_date=D(2026, 3, 15), **fields)])
+    db = tmp_path / "billing.duckdb"
+    run(export(), db, D(2026, 3, 15), D(2026, 3, 15))
+    with duckdb.connect(str(db.with_name("billing.writer.duckdb"))) as writer:
+        writer.execute("UPDATE ledger SET period_end = NULL; UPDATE dues_postings SET period_end = NULL; "
+                       "UPDATE due_contracts SET period_end = NULL; DROP TABLE contract_periods")
+    summary, = run(export(first_bill_date=D(2026, 3, 13)), db, D(2026, 3, 15), D(2026, 3, 15))
+    assert summary.ledger_problems == {name: 0 for name in summary.ledger_problems}
+    with duckdb.connect(str(db), read_only=True) as conn:
+        dues = conn.sql("SELECT bill_date, period_end FROM ledger WHERE kind = 'dues'").fetchall()
+        state = conn.sql("SELECT last_bill_date, paid_through FROM contract_periods").fetchall()
+    assert dues == [(D(2026, 3, 15), None)] and state == [(D(2026, 3, 15), D(2026, 3, 15))]
+
+
 @pytest.mark.parametrize("fix", ["freeze_removed", "freeze_removed_month_end", "freeze_removed_13_weekly",
                                  "first_bill_date_earlier"])
 def test_a_day_rerun_after_its_export_was_fixed_posts_a_period_it_skipped(tmp_path, fix):

@@ -457,27 +457,33 @@ def test_customer_with_an_unknown_home_facility_is_an_error_not_a_silent_posting
 
 
 @pytest.mark.parametrize("posted, computed, stands_in", [
-    # (bill date, period end) of the period posted and of the one computed by the rerun
-    ((D(2026, 1, 10), D(2026, 2, 9)), (D(2026, 1, 8), D(2026, 2, 7)), True),     # an edited series beside it
-    ((D(2026, 1, 10), D(2026, 2, 9)), (D(2026, 1, 25), D(2026, 2, 24)), True),   # 16 of 31 days paid
-    ((D(2026, 1, 10), D(2026, 2, 9)), (D(2026, 1, 26), D(2026, 2, 25)), False),  # 15 of 31: mostly unpaid
-    ((D(2026, 1, 10), D(2026, 2, 9)), (D(2026, 2, 8), D(2026, 3, 7)), False),    # 2 of 28 days paid
-    ((D(2026, 1, 10), D(2026, 2, 9)), (D(2025, 12, 10), D(2026, 1, 9)), False),  # ends the day before it
-    ((D(2026, 1, 10), D(2026, 2, 9)), (D(2026, 1, 10), D(2026, 2, 9)), False),   # the posted period itself
-    ((D(2026, 1, 10), D(2026, 2, 9)), (D(2026, 1, 17), D(2026, 1, 23)), True),   # monthly to weekly: inside it
-    ((D(2026, 1, 10), D(2026, 2, 9)), (D(2026, 2, 7), D(2026, 2, 13)), False),   # 3 of 7 days paid
-    ((D(2026, 1, 10), D(2026, 2, 9)), (D(2026, 2, 6), D(2026, 2, 12)), True),    # 4 of 7
-    ((D(2026, 1, 10), D(2026, 1, 16)), (D(2026, 1, 1), D(2026, 1, 31)), False),  # weekly to monthly: 7 of 31
-    ((D(2024, 2, 29), D(2025, 2, 27)), (D(2025, 2, 27), D(2026, 2, 26)), False),  # yearly, 1 day of 365
-    ((D(2024, 2, 29), D(2025, 2, 27)), (D(2024, 2, 27), D(2025, 2, 26)), True),
-    ((D(2026, 2, 28), D(2026, 3, 30)), (D(2026, 1, 31), D(2026, 2, 27)), False),  # anchor 31, a month before
-    ((D(2026, 2, 28), None), (D(2026, 2, 28), D(2026, 2, 28)), False),           # no end (an older ledger)
-    ((D(2026, 2, 28), None), (D(2026, 2, 27), D(2026, 2, 28)), True),
-    ((D(2026, 2, 28), None), (D(2026, 2, 1), D(2026, 2, 28)), False),
+    # (bill date, period end) of the periods posted and of the one computed by the rerun
+    ([(D(2026, 1, 10), D(2026, 2, 9))], (D(2026, 1, 8), D(2026, 2, 7)), True),     # an edited series beside it
+    ([(D(2026, 1, 10), D(2026, 2, 9))], (D(2026, 1, 25), D(2026, 2, 24)), True),   # 16 of 31 days paid
+    ([(D(2026, 1, 10), D(2026, 2, 9))], (D(2026, 1, 26), D(2026, 2, 25)), False),  # 15 of 31: mostly unpaid
+    ([(D(2026, 1, 10), D(2026, 2, 9))], (D(2026, 2, 8), D(2026, 3, 7)), False),    # 2 of 28 days paid
+    ([(D(2026, 1, 10), D(2026, 2, 9))], (D(2025, 12, 10), D(2026, 1, 9)), False),  # ends the day before it
+    ([(D(2026, 1, 10), D(2026, 2, 9))], (D(2026, 1, 10), D(2026, 2, 9)), False),   # the posted period itself
+    ([(D(2026, 1, 10), D(2026, 2, 9))], (D(2026, 1, 17), D(2026, 1, 23)), True),   # monthly to weekly: inside it
+    ([(D(2026, 1, 10), D(2026, 2, 9))], (D(2026, 2, 7), D(2026, 2, 13)), False),   # 3 of 7 days paid
+    ([(D(2026, 1, 10), D(2026, 2, 9))], (D(2026, 2, 6), D(2026, 2, 12)), True),    # 4 of 7
+    ([(D(2026, 1, 10), D(2026, 1, 16))], (D(2026, 1, 1), D(2026, 1, 31)), False),  # weekly to monthly: 7 of 31
+    # several posted periods pay it together (the weeks of a month, or two months around it)
+    ([(D(2026, 1, 5) + dt.timedelta(weeks=k), D(2026, 1, 11) + dt.timedelta(weeks=k)) for k in range(5)],
+     (D(2026, 1, 1), D(2026, 1, 31)), True),
+    ([(D(2026, 1, 1), D(2026, 1, 31)), (D(2026, 2, 1), D(2026, 2, 28))], (D(2026, 1, 20), D(2026, 2, 19)), True),
+    ([(D(2024, 2, 29), D(2025, 2, 27))], (D(2025, 2, 27), D(2026, 2, 26)), False),  # yearly, 1 day of 365
+    ([(D(2024, 2, 29), D(2025, 2, 27))], (D(2024, 2, 27), D(2025, 2, 26)), True),
+    ([(D(2026, 2, 28), D(2026, 3, 30))], (D(2026, 1, 31), D(2026, 2, 27)), False),  # anchor 31, a month before
+    # no end (a ledger written before periods had one): taken to end a step (a month) later
+    ([(D(2026, 2, 28), None)], (D(2026, 3, 1), D(2026, 3, 31)), True),
+    ([(D(2026, 2, 28), None)], (D(2026, 3, 20), D(2026, 4, 19)), False),
 ])
-def test_a_rerun_period_mostly_paid_by_one_its_date_posted_stands_in_for_it(posted, computed, stands_in):
-    keys = {"contract_id": ["K1"], "business_date": [D(2026, 3, 1)]}
-    got = dues.stand_ins(pl.LazyFrame({**keys, "bill_date": [computed[0]], "period_end": [computed[1]]}),
-                         pl.LazyFrame({**keys, "posted_bill_date": [posted[0]], "posted_period_end": [posted[1]]},
-                                      schema_overrides={"posted_period_end": pl.Date})).collect()
+def test_a_rerun_period_mostly_paid_by_the_periods_posted_stands_in_for_them(posted, computed, stands_in):
+    keys = {"contract_id": "K1", "business_date": D(2026, 3, 1)}
+    got = dues.stand_ins(pl.LazyFrame([{**keys, "bill_date": computed[0], "period_end": computed[1]}]),
+                         pl.LazyFrame([{**keys, "posted_bill_date": p, "posted_period_end": end} for p, end in posted],
+                                      schema={"contract_id": pl.String, "business_date": pl.Date,
+                                              "posted_bill_date": pl.Date, "posted_period_end": pl.Date}),
+                         pl.LazyFrame([{**keys, "frequency": "monthly"}])).collect()
     assert (got.height == 1) is stands_in, got

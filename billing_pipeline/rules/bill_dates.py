@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import polars as pl
 
+from billing_pipeline.rules.text import fmt
 
 STEP_DAYS = {"weekly": 7, "biweekly": 14}
 STEP_MONTHS = {"monthly": 1, "quarterly": 3, "yearly": 12}
@@ -23,6 +24,13 @@ def step_columns(frequency: pl.Expr) -> list[pl.Expr]:
     """`step_days` and `step_months` of a plan frequency (the other one null)."""
     return [frequency.replace_strict(STEP_DAYS, default=None, return_dtype=pl.Int64).alias("step_days"),
             frequency.replace_strict(STEP_MONTHS, default=None, return_dtype=pl.Int64).alias("step_months")]
+
+
+def one_step_after(date: pl.Expr) -> pl.Expr:
+    """`date` one step of the series later (reads step_days / step_months); a month step keeps
+    the day, clamped to the month's last day (Jan 31 -> Feb 28)."""
+    return (pl.when(pl.col("step_days").is_not_null()).then(date + pl.duration(days=pl.col("step_days")))
+            .otherwise(date.dt.offset_by(fmt("{}mo", pl.col("step_months")))))
 
 
 def month_index(date: pl.Expr) -> pl.Expr:

@@ -134,16 +134,17 @@ def data_errors(processed: pl.LazyFrame, duplicate_customers: pl.LazyFrame) -> p
 
 
 def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl.LazyFrame,
-                posted_today: pl.LazyFrame | None = None) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+                posted_since: pl.LazyFrame | None = None) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Unposted periods up to the business date, and contracts with too many of them.
 
     `processed` must be free of plan errors (it needs the plan's schedule). `last_posted`:
     contract_id, last_bill_date and paid_through (the latest period posted before this business
     date, and the last day the periods posted before it cover). A period half or more paid by
     them is dropped (`mostly_paid`), and not counted as missed.
-    `posted_today`: contract_id, business_date, posted_bill_date, posted_period_end: the periods
-    a rerun's business date posted already. Those are not unposted, so not counted against the
-    limit; and a period standing in for one of them (`stand_ins`) is dropped.
+    `posted_since`: contract_id, business_date, posted_bill_date, posted_period_end: the periods
+    posted on the business date or later, of a rerun's contracts (or a day's run late). Those are
+    not unposted, so not counted against the limit; and a period half or more paid by them and
+    the latest one posted before (`stand_ins`) is dropped.
     Returns (periods with kind, amount and period_end, too_many_missed_periods errors).
     """
     # Nothing bills from a termination or conclusion on: the window ends the day before. A contract
@@ -192,10 +193,16 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
         .select(*DUE_COLUMNS, "contract_key")
     ).collect().lazy()
     unposted = periods
-    if posted_today is not None:
-        replaced = stand_ins(periods, posted_today)
+    if posted_since is not None:
+        rerun = posted_since.select("contract_id", "business_date").unique()
+        before = (windows.join(rerun, on=["contract_id", "business_date"], how="semi")
+                  .filter(pl.col("last_bill_date").is_not_null())
+                  .select("contract_id", "business_date", pl.col("last_bill_date").alias("posted_bill_date"),
+                          pl.col("paid_through").alias("posted_period_end")))
+        replaced = stand_ins(periods, pl.concat([posted_since, before]),
+                             windows.select("contract_id", "business_date", "frequency"))
         periods = periods.join(replaced, on=["contract_id", "bill_date"], how="anti").collect().lazy()
-        unposted = periods.join(posted_today.select("contract_id", pl.col("posted_bill_date").alias("bill_date")),
+        unposted = periods.join(posted_since.select("contract_id", pl.col("posted_bill_date").alias("bill_date")),
                                 on=["contract_id", "bill_date"], how="anti")
     counts = unposted.group_by("contract_key").agg(
         pl.len().cast(pl.Int64).alias("n_periods"), pl.col("bill_date").min().alias("first"), pl.col("bill_date").max().alias("last"))
@@ -215,15 +222,15 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
 
 
 def post_dues(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl.LazyFrame,
-              duplicate_customers: pl.LazyFrame, posted_today: pl.LazyFrame | None = None) -> dict[str, pl.LazyFrame]:
+              duplicate_customers: pl.LazyFrame, posted_since: pl.LazyFrame | None = None) -> dict[str, pl.LazyFrame]:
     """due_contracts (before holds), dues_postings and dues_posting_errors for the facility-days.
 
-    `processed` carries `status`, the contract's status on the business date. `posted_today`:
+    `processed` carries `status`, the contract's status on the business date. `posted_since`:
     see `due_periods`.
     """
     errors = data_errors(processed, duplicate_customers).collect().lazy()
     schedulable = processed.filter(pl.col("plan_known"))
-    periods, too_many = due_periods(schedulable, last_posted, timeline, posted_today)
+    periods, too_many = due_periods(schedulable, last_posted, timeline, posted_since)
     in_effect_today = processed.filter(pl.col("status").is_in(IN_EFFECT)).select("contract_key")
     has_periods = periods.select("contract_key").unique()
     alive = processed.filter(pl.col("exported_status").is_in(ALIVE)).select("contract_key")
@@ -245,28 +252,48 @@ def post_dues(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl.L
 def mostly_paid(paid_from: pl.Expr, paid_through: pl.Expr) -> pl.Expr:
     """Whether half or more of the period (bill_date .. period_end) lies in paid_from ..
     paid_through (false if that is null)."""
+    return half_or_more(days_within(paid_from, paid_through)).fill_null(False)
+
+
+def days_within(paid_from: pl.Expr, paid_through: pl.Expr) -> pl.Expr:
+    """How many days of the period (bill_date .. period_end) lie in paid_from .. paid_through
+    (0 if none, null if either is null)."""
     start, end = pl.col("bill_date"), pl.col("period_end")
     # (Not min/max_horizontal: they skip a null, and nothing paid must not read as all of it.)
     last = pl.when(end < paid_through).then(end).otherwise(paid_through)
     first = pl.when(start > paid_from).then(start).otherwise(paid_from)
-    return (2 * ((last - first).dt.total_days() + 1) >= (end - start).dt.total_days() + 1).fill_null(False)
+    return ((last - first).dt.total_days() + 1).clip(lower_bound=0)
 
 
-def stand_ins(due: pl.LazyFrame, posted: pl.LazyFrame) -> pl.LazyFrame:
-    """contract_id, bill_date of a rerun's periods that stand in for one its business date
-    posted: another period half or more of whose days that one paid (`mostly_paid`). The
-    schedule was edited between the runs (first bill date, start date, a facility's billing day,
-    the plan's frequency): posting both would bill those days twice. A period mostly unpaid is a
-    period of its own, and posts (one the first run skipped, its data fixed since).
+def half_or_more(days: pl.Expr) -> pl.Expr:
+    return 2 * days >= (pl.col("period_end") - pl.col("bill_date")).dt.total_days() + 1
+
+
+def stand_ins(due: pl.LazyFrame, posted: pl.LazyFrame, frequencies: pl.LazyFrame) -> pl.LazyFrame:
+    """contract_id, bill_date of a rerun's periods that stand in for periods posted: half or more
+    of their days are paid by the other periods posted (those its business date or a later one
+    posted, and the latest one posted before). The schedule was edited between the runs (first
+    bill date, start date, a facility's billing day, the plan's frequency): posting them would
+    bill those days twice. A period mostly unpaid is a period of its own, and posts (one the
+    first run skipped, its data fixed since).
 
     due: contract_id, business_date, bill_date, period_end; posted: contract_id, business_date,
     posted_bill_date, posted_period_end (null in a ledger written before periods had an end:
-    taken as the bill date alone).
+    taken to end a step of the plan's frequency later, as the rule before them had it);
+    frequencies: contract_id, business_date, frequency.
     """
-    paid = mostly_paid(pl.col("posted_bill_date"), pl.coalesce("posted_period_end", "posted_bill_date"))
+    posted_end = pl.coalesce("posted_period_end", bill_dates.one_step_after(pl.col("posted_bill_date")) - pl.duration(days=1))
     return (
         due.select("contract_id", "business_date", "bill_date", "period_end")
-        .join(posted, on=["contract_id", "business_date"])
-        .filter((pl.col("bill_date") != pl.col("posted_bill_date")) & paid)
+        .join(posted.join(frequencies.select("contract_id", "business_date",
+                                             *bill_dates.step_columns(pl.col("frequency").cast(pl.String))),
+                          on=["contract_id", "business_date"])
+              .select("contract_id", "business_date", "posted_bill_date", posted_end.alias("posted_period_end")),
+              on=["contract_id", "business_date"])
+        .filter(pl.col("bill_date") != pl.col("posted_bill_date"))
+        .group_by("contract_id", "bill_date", "period_end")
+        .agg(days_within(pl.col("posted_bill_date"), pl.col("posted_period_end")).sum().alias("paid_days"))
+        .filter(half_or_more(pl.col("paid_days")))
         .select("contract_id", "bill_date").unique()
     )
+

@@ -114,18 +114,18 @@ def postings_kept(conn: duckdb.DuckDBPyConnection, facility_days: pl.DataFrame) 
           USING (entry_id, facility_id, business_date)""", _stored=stored)
 
 
-def periods_posted_on(conn: duckdb.DuckDBPyConnection, contract_days: pl.DataFrame) -> pl.DataFrame:
+def periods_posted_since(conn: duckdb.DuckDBPyConnection, contract_days: pl.DataFrame) -> pl.DataFrame:
     """contract_id, business_date, posted_bill_date, posted_period_end: the periods the ledger has
-    of the contracts posted on those business dates (by any facility)."""
+    of the contracts posted on those business dates or later (by any facility; the end is null in
+    an entry written before periods had one)."""
     if contract_days.is_empty():
         return pl.DataFrame(schema={"contract_id": pl.String, "business_date": pl.Date, "posted_bill_date": pl.Date,
                                     "posted_period_end": pl.Date})
-    dates = contract_days.get_column("business_date")
     return query(conn, f"""
-        SELECT l.contract_id, l.business_date, l.bill_date AS posted_bill_date, l.period_end AS posted_period_end
-        FROM ledger l JOIN _days d USING (contract_id, business_date)
-        WHERE l.kind IN {PERIOD_KINDS_SQL} AND l.business_date BETWEEN $lo AND $hi""",
-                 params={"lo": dates.min(), "hi": dates.max()},
+        SELECT d.contract_id, d.business_date, l.bill_date AS posted_bill_date, l.period_end AS posted_period_end
+        FROM ledger l JOIN _days d ON l.contract_id = d.contract_id AND l.business_date >= d.business_date
+        WHERE l.kind IN {PERIOD_KINDS_SQL} AND l.business_date >= $lo""",
+                 params={"lo": contract_days.get_column("business_date").min()},
                  _days=contract_days.select("contract_id", "business_date").unique())
 
 
@@ -182,7 +182,8 @@ def ledger_sums(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame) ->
 def last_posted_periods(conn: duckdb.DuckDBPyConnection, contract_days: pl.DataFrame) -> pl.DataFrame:
     """Per contract with a period in the ledger: `last_bill_date`, the latest bill date posted
     before the business date, and `paid_through`, the last day the periods posted before it
-    cover (both null if none), and `posted_since`, whether a period of it was
+    cover (both null if none; for a rerun, paid_through is null too when those entries were
+    written before periods had an end), and `posted_since`, whether a period of it was
     posted on that date or later (a day rerun, or run late). From contract_periods when its
     latest posting is from an earlier date (every night's case); from the contract's ledger
     entries otherwise. (A rerun recomputes its date's periods: those it posted are posted
@@ -196,7 +197,7 @@ def last_posted_periods(conn: duckdb.DuckDBPyConnection, contract_days: pl.DataF
                   UNION ALL
                   SELECT contract_id, NULL, NULL, true FROM rerun
                   UNION ALL
-                  SELECT l.contract_id, l.bill_date, {PERIOD_END_SQL}, true FROM ledger l JOIN rerun c USING (contract_id)
+                  SELECT l.contract_id, l.bill_date, l.period_end, true FROM ledger l JOIN rerun c USING (contract_id)
                   WHERE l.kind IN {PERIOD_KINDS_SQL} AND l.business_date < c.business_date)
         SELECT contract_id, max(last_bill_date) AS last_bill_date, max(paid_through) AS paid_through,
                bool_or(since) AS posted_since
