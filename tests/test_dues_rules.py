@@ -423,7 +423,7 @@ def length(start: dt.date, end: dt.date) -> int:
 @given(case=edited())
 def test_after_a_schedule_edit_no_period_posts_that_is_half_paid_already(case):
     """Nights before the edit, then nights after it, each fed what the earlier ones posted (the
-    latest bill date and the last day paid, as contract_periods does): a period posts only when
+    latest bill date and the latest end, as contract_periods keeps them): a period posts only when
     less than half of its days are paid, no two posted periods share half of the later one, and
     none posts twice."""
     before, after, nights, edit_round = case
@@ -440,7 +440,8 @@ def test_after_a_schedule_edit_no_period_posts_that_is_half_paid_already(case):
                 assert start > last_bill, (cid, start, last_posted[cid])
                 assert 2 * max(0, length(start, min(end, paid))) < length(start, end), (cid, start, end, paid)
             periods.setdefault(cid, []).append((start, end))
-            last_posted[cid] = max((start, end), last_posted.get(cid, (start, start)))
+            last_bill, paid = last_posted.get(cid, (start, end))
+            last_posted[cid] = (max(last_bill, start), max(paid, end))
     for cid, posted_ in periods.items():
         posted_.sort()
         assert len(set(posted_)) == len(posted_), cid
@@ -472,6 +473,8 @@ def test_customer_with_an_unknown_home_facility_is_an_error_not_a_silent_posting
     ([(D(2026, 1, 5) + dt.timedelta(weeks=k), D(2026, 1, 11) + dt.timedelta(weeks=k)) for k in range(5)],
      (D(2026, 1, 1), D(2026, 1, 31)), True),
     ([(D(2026, 1, 1), D(2026, 1, 31)), (D(2026, 2, 1), D(2026, 2, 28))], (D(2026, 1, 20), D(2026, 2, 19)), True),
+    # two posted weeks that overlap (an edit between them): their 11 days count once, of 28
+    ([(D(2026, 2, 10), D(2026, 2, 16)), (D(2026, 2, 14), D(2026, 2, 20))], (D(2026, 2, 1), D(2026, 2, 28)), False),
     ([(D(2024, 2, 29), D(2025, 2, 27))], (D(2025, 2, 27), D(2026, 2, 26)), False),  # yearly, 1 day of 365
     ([(D(2024, 2, 29), D(2025, 2, 27))], (D(2024, 2, 27), D(2025, 2, 26)), True),
     ([(D(2026, 2, 28), D(2026, 3, 30))], (D(2026, 1, 31), D(2026, 2, 27)), False),  # anchor 31, a month before

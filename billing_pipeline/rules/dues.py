@@ -10,11 +10,11 @@ the missed periods catch up.
 A schedule edited after a period posted (first bill date, start date, the facility's billing
 day, the plan's frequency) moves the series, and its next dates may fall inside the time that
 period paid for (up to its `period_end`, as the schedule stood when it posted). A period half
-or more of whose days are paid already stands in for the periods that paid them and does not
-post (`mostly_paid`); one mostly unpaid posts, and pays its few paid days twice. So the series
-continues from its date nearest to the end of the paid time: the days paid twice come to less
-than half a period, the days left unbilled to at most half (a pro-rated charge for them is not
-in SPEC). The same holds on a rerun for the periods its own date posted.
+or more of whose days are paid already does not post: the periods posted cover it
+(`mostly_paid`). One mostly unpaid posts, and pays its few paid days twice. So the series
+continues from its date nearest to the end of the paid time (a pro-rated charge for the days
+paid twice or left unbilled is not in SPEC). A rerun, or a day run late, measures the paid days
+against the periods posted on its date or later and the latest one before (`stand_ins`).
 """
 
 from __future__ import annotations
@@ -270,16 +270,17 @@ def half_or_more(days: pl.Expr) -> pl.Expr:
 
 
 def stand_ins(due: pl.LazyFrame, posted: pl.LazyFrame, frequencies: pl.LazyFrame) -> pl.LazyFrame:
-    """contract_id, bill_date of a rerun's periods that stand in for periods posted: half or more
-    of their days are paid by the other periods posted (those its business date or a later one
-    posted, and the latest one posted before). The schedule was edited between the runs (first
+    """contract_id, bill_date of a rerun's periods that the periods posted cover: half or more of
+    their days are paid by the other periods posted (those its business date or a later one
+    posted, and the latest one posted before; a day paid by two counts once). The schedule was
+    edited between the runs (first
     bill date, start date, a facility's billing day, the plan's frequency): posting them would
     bill those days twice. A period mostly unpaid is a period of its own, and posts (one the
     first run skipped, its data fixed since).
 
     due: contract_id, business_date, bill_date, period_end; posted: contract_id, business_date,
     posted_bill_date, posted_period_end (null in a ledger written before periods had an end:
-    taken to end a step of the plan's frequency later, as the rule before them had it);
+    taken to end a step of the plan's current frequency later, near the rule before them);
     frequencies: contract_id, business_date, frequency.
     """
     posted_end = pl.coalesce("posted_period_end", bill_dates.one_step_after(pl.col("posted_bill_date")) - pl.duration(days=1))
@@ -291,8 +292,16 @@ def stand_ins(due: pl.LazyFrame, posted: pl.LazyFrame, frequencies: pl.LazyFrame
               .select("contract_id", "business_date", "posted_bill_date", posted_end.alias("posted_period_end")),
               on=["contract_id", "business_date"])
         .filter(pl.col("bill_date") != pl.col("posted_bill_date"))
+        # Each posted period clipped to the computed one; the days of overlapping ones count once.
+        .with_columns(pl.max_horizontal("bill_date", "posted_bill_date").cast(pl.Int64).alias("_first"),
+                      pl.min_horizontal("period_end", "posted_period_end").cast(pl.Int64).alias("_last"))
+        .filter(pl.col("_first") <= pl.col("_last"))
+        .sort("contract_id", "bill_date", "_first")
+        .with_columns(pl.col("_last").cum_max().shift(1).over("contract_id", "bill_date").alias("_covered"))
+        .with_columns((pl.col("_last") - pl.max_horizontal("_first", pl.col("_covered") + 1) + 1)
+                      .clip(lower_bound=0).alias("_new"))
         .group_by("contract_id", "bill_date", "period_end")
-        .agg(days_within(pl.col("posted_bill_date"), pl.col("posted_period_end")).sum().alias("paid_days"))
+        .agg(pl.col("_new").sum().alias("paid_days"))
         .filter(half_or_more(pl.col("paid_days")))
         .select("contract_id", "bill_date").unique()
     )

@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS customer_balances (
     customer_id VARCHAR PRIMARY KEY, balance_cents BIGINT NOT NULL, entries BIGINT NOT NULL);
 
 -- Per contract: the latest dues / freeze fee period in the ledger, the last day its periods
--- cover (paid_through: the next period starts after it) and the latest business date that
+-- cover (paid_through: a later period half or more paid by then does not post) and the latest business date that
 -- posted one, moved in the same transaction as the ledger: a night reads it instead of every
 -- period ever posted (`ledger.last_posted_periods`). Caught up with entries posted by anything
 -- else at every open (`state.CATCH_UPS`); the daily audit checks it against the ledger.
