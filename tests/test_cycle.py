@@ -300,6 +300,35 @@ def test_a_schedule_edited_between_nights_does_not_bill_paid_time_again(tmp_path
     assert_a_rerun_changes_nothing(data, db, D(2026, 4, 20))
 
 
+@pytest.mark.parametrize("monthly_day, expected", [
+    (1, [(D(2026, 2, 1), D(2026, 2, 6)), (D(2026, 3, 1), D(2026, 3, 1))]),  # Feb 1: 8 of 28 days paid
+    (26, [(D(2026, 2, 26), D(2026, 2, 26))]),  # Jan 26 is a week posted: a bill date posts once
+])
+def test_weekly_made_monthly_bills_the_month_in_which_the_paid_weeks_end(tmp_path, monthly_day, expected):
+    """Weekly K1 (Mondays) posts Jan 5 to Feb 2 (paid through Feb 8); the plan becomes monthly
+    from the Feb 6 export. The month whose period runs past the paid time starts before the latest
+    week (Feb 2): it posts on the next night when mostly unpaid, not a month later. On the 26th,
+    that month's bill date is a week already posted, and the next month bills."""
+    def export(frequency):
+        return write_export(tmp_path / f"data-{frequency}",
+                            facilities=[facility(timezone="UTC", weekly_billing_day=1, monthly_billing_day=monthly_day)],
+                            plans=[plan(frequency=frequency, schedule="facility")],
+                            contracts=[contract("K1", start_date=D(2026, 1, 5))])
+    db = tmp_path / "billing.duckdb"
+    run(export("weekly"), db, D(2026, 1, 5), D(2026, 2, 5))
+    data = export("monthly")
+    summaries = run(data, db, D(2026, 2, 6), D(2026, 3, 2))
+    assert all(s.ledger_problems == {name: 0 for name in s.ledger_problems} for s in summaries)
+    with duckdb.connect(str(db), read_only=True) as conn:
+        monthly = conn.sql("SELECT bill_date, business_date FROM ledger WHERE kind = 'dues' AND business_date > DATE "
+                           "'2026-02-05' ORDER BY 1").fetchall()
+        weeks = conn.sql("SELECT count(*) FROM ledger WHERE kind = 'dues' AND business_date <= DATE '2026-02-05'").fetchall()
+        listed = conn.sql("SELECT bill_date FROM dues_postings WHERE business_date > DATE '2026-02-05' ORDER BY 1").fetchall()
+    assert monthly == expected and weeks == [(5,)]
+    assert listed == [(b,) for b, _ in expected]
+    assert_a_rerun_changes_nothing(data, db, D(2026, 2, 6))
+
+
 def test_a_frequency_changed_then_an_old_day_rerun_bills_no_week_of_a_paid_month(tmp_path):
     """Monthly K1 posts Jan 10 (paid through Feb 9); the plan becomes weekly and Jan 31 is rerun:
     the weeks of Jan 17, 24 and 31 are paid already and do not post. Feb 7 (3 of 7 days paid)

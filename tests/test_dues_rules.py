@@ -424,29 +424,31 @@ def length(start: dt.date, end: dt.date) -> int:
 def test_after_a_schedule_edit_no_period_posts_that_is_half_paid_already(case):
     """Nights before the edit, then nights after it, each fed what the earlier ones posted (the
     latest bill date and the latest end, as contract_periods keeps them): a period posts only when
-    less than half of its days are paid, no two posted periods share half of the later one, and
-    none posts twice."""
+    less than half of its days are paid by the periods posted before it."""
     before, after, nights, edit_round = case
     last_posted: dict[str, tuple[dt.date, dt.date]] = {}
-    periods: dict[str, list[tuple[dt.date, dt.date]]] = {}
+    paid_days: dict[str, set[dt.date]] = {}
+    posted_keys: set[tuple[str, dt.date]] = set()
     for k in range(max(len(n) for n in nights.values())):
         days = {fid: n[k] for fid, n in nights.items() if k < len(n)}
         out = post_days(days, dict(last_posted), **(before if k < edit_round else after))
+        accepted: list[tuple[str, dt.date, dt.date]] = []
         for row in out["dues_postings"].iter_rows(named=True):
             cid, start, end = row["contract_id"], row["bill_date"], row["period_end"]
-            assert start <= days[row["facility_id"]] and start < end + dt.timedelta(days=1)
-            if cid in last_posted:
-                last_bill, paid = last_posted[cid]
-                assert start > last_bill, (cid, start, last_posted[cid])
-                assert 2 * max(0, length(start, min(end, paid))) < length(start, end), (cid, start, end, paid)
-            periods.setdefault(cid, []).append((start, end))
+            assert start <= days[row["facility_id"]] and start <= end
+            if (cid, start) in posted_keys:
+                # an older bill date of a series opened back (`dues.opened_back`): the ledger
+                # refuses it, and the cycle leaves it to the day that posted it
+                assert start < last_posted[cid][0], (cid, start, last_posted[cid])
+                continue
+            own = {start + dt.timedelta(days=i) for i in range(length(start, end))}
+            assert 2 * len(own & paid_days.get(cid, set())) < len(own), (cid, start, end, last_posted.get(cid))
+            posted_keys.add((cid, start))
+            paid_days.setdefault(cid, set()).update(own)
+            accepted.append((cid, start, end))
+        for cid, start, end in accepted:
             last_bill, paid = last_posted.get(cid, (start, end))
             last_posted[cid] = (max(last_bill, start), max(paid, end))
-    for cid, posted_ in periods.items():
-        posted_.sort()
-        assert len(set(posted_)) == len(posted_), cid
-        for (a, a_end), (b, b_end) in zip(posted_, posted_[1:]):
-            assert 2 * max(0, length(b, min(a_end, b_end))) < length(b, b_end), (cid, posted_)
 
 
 def test_customer_with_an_unknown_home_facility_is_an_error_not_a_silent_posting():

@@ -170,11 +170,17 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
         .drop("timeline_ends_on", "ends_on")
         .pipe(bill_dates.with_schedule)
         .pipe(bill_dates.with_count_between, "last_bill_date", "through", "n_dates")
-        .filter(pl.col("n_dates") > 0)
+        .pipe(with_date_back)
+        .filter((pl.col("n_dates") > 0) | pl.col("_date_back"))
+    ).collect()
+    windows = (
+        pl.concat([windows.filter(~pl.col("_date_back")).with_columns(pl.col("last_bill_date").alias("window_after")),
+                   opened_back(windows.filter(pl.col("_date_back")))], how="vertical")
+        .drop("_date_back").lazy().filter(pl.col("n_dates") > 0)
+        .join(alive.select(carried), on=["contract_key", "business_date"])
     ).collect().lazy()
-    windows = windows.join(alive.select(carried), on=["contract_key", "business_date"]).collect().lazy()
     expanded = bill_dates.explode_bill_dates(windows.filter(pl.col("n_dates") <= EXPANSION_CAP),
-                                             "last_bill_date", "through")
+                                             "window_after", "through")
     # Only the exploded contracts' timelines: status_on sorts what it is given.
     with_status = status_on(timeline.join(windows.select("contract_key"), on="contract_key", how="semi"),
                             expanded, "bill_date")
@@ -190,7 +196,8 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
         # (Only after an edit of the schedule: on every other night paid_through is the day
         # before the next bill date, and nothing is paid of the periods in the window.)
         .filter(~mostly_paid(pl.col("bill_date"), pl.col("paid_through")))
-        .select(*DUE_COLUMNS, "contract_key")
+        .with_columns((pl.col("bill_date") <= pl.col("last_bill_date")).fill_null(False).alias("before_latest"))
+        .select(*DUE_COLUMNS, "contract_key", "before_latest")
     ).collect().lazy()
     unposted = periods
     if posted_since is not None:
@@ -244,9 +251,42 @@ def post_dues(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl.L
     postings = due.join(errors.select("contract_key").unique(), on="contract_key", how="anti")
     return {
         "due_contracts": due.select(DUE_COLUMNS).sort("facility_id", "contract_id", "bill_date"),
-        "dues_postings": postings.select(DUE_COLUMNS).sort("facility_id", "contract_id", "bill_date"),
+        # before_latest: a period before the latest one posted (`opened_back`): it may be in the ledger
+        "dues_postings": postings.select(*DUE_COLUMNS, "before_latest").sort("facility_id", "contract_id", "bill_date"),
         "dues_posting_errors": errors.select(ERROR_COLUMNS).sort("facility_id", "contract_id", "error_code"),
     }
+
+
+def with_date_back(windows: pl.LazyFrame) -> pl.LazyFrame:
+    """Adds `_date_back`: the series has no date from the latest bill date posted to the day
+    after paid_through, and one before the latest bill date. The schedule was edited to longer
+    steps (weekly to monthly): the series date before (`opened_back`), whose period runs past
+    the paid time, may be mostly unpaid. (On every other night the next series date is the day
+    after paid_through: one count of the series, no date built.)"""
+    return (
+        windows.with_columns((pl.col("paid_through") + pl.duration(days=1)).alias("_paid_next"))
+        .pipe(bill_dates.with_series_count, "_paid_next", "_k_paid_next")
+        # (paid_through is the latest bill date in a ledger written before periods had an end)
+        .with_columns(((pl.col("_k_paid_next") == pl.col("_lo")) & (pl.col("_lo") >= 1)
+                       & (pl.col("paid_through") > pl.col("last_bill_date"))).fill_null(False).alias("_date_back"))
+        .drop("_paid_next", "_k_paid_next")
+    )
+
+
+def opened_back(windows: pl.DataFrame) -> pl.DataFrame:
+    """The windows of `with_date_back` contracts opened back to include the series date before
+    the latest bill date posted (`window_after` the day before it), and counted again; that
+    date, if it is not the latest bill date itself (a bill date posts once)."""
+    back = (
+        windows.lazy().with_columns((pl.col("_lo") - 1).alias("_k_back"))
+        .pipe(bill_dates.with_nth_bill_date, "_k_back", "_back")
+        .with_columns(pl.when((pl.col("_back") < pl.col("last_bill_date")) & (pl.col("_back") <= pl.col("through")))
+                      .then(pl.col("_back") - pl.duration(days=1)).otherwise(pl.col("last_bill_date"))
+                      .alias("window_after"))
+        .drop("_k_back", "_back", "_lo", "_hi", "n_dates")
+        .pipe(bill_dates.with_count_between, "window_after", "through", "n_dates")
+    )
+    return back.select(windows.columns + ["window_after"]).collect()
 
 
 def mostly_paid(paid_from: pl.Expr, paid_through: pl.Expr) -> pl.Expr:
