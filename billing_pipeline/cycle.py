@@ -204,14 +204,15 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
     own = ledger.periods_posted_since(conn, rerun)
     out = {name: frame.collect() for name, frame in dues.post_dues(
         processed.lazy(), last_posted.lazy(), night.timeline.lazy(), night.duplicates.lazy(),
-        own.lazy() if own.height else None).items()}
+        own.lazy() if own.height else None, lambda keys: ledger.periods_in_ledger(conn, keys)).items()}
     out["dues_postings"] = out["dues_postings"].with_columns(
         ledger.period_entry_id(pl.col("contract_id"), pl.col("bill_date")).alias("entry_id"))
     # The periods of a contract with nothing posted on this date or later come after every
     # period it has in the ledger: new by construction, a plain INSERT (the primary key refuses
     # one that is not: a wrong contract_periods fails the night instead of skipping a period).
     # The others (a rerun, a late day) may be posted already: those that are, are left out.
-    # So may a period before the latest one posted (a schedule edited to longer steps, `dues.opened_back`).
+    # So, in principle, may a period before the latest one posted (a schedule edited to longer
+    # steps, `dues.opened_back`: the rules looked it up in the ledger already; a few rows).
     maybe_posted = pl.col("contract_id").is_in(since.get_column("contract_id").implode()) | pl.col("before_latest")
     with transaction(conn):
         # A period another facility-day already posted is that day's: an earlier day rerun

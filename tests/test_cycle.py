@@ -329,6 +329,32 @@ def test_weekly_made_monthly_bills_the_month_in_which_the_paid_weeks_end(tmp_pat
     assert_a_rerun_changes_nothing(data, db, D(2026, 2, 6))
 
 
+def test_a_month_whose_bill_date_is_a_week_posted_is_not_listed_nor_counted_as_missed(tmp_path):
+    """Weekly K1 (Mondays) posts Jan 5 to Feb 2; monthly on the 26th from then, held as a
+    duplicate (K2) on Feb 6, and the next night run is Jan 27 2027. Jan 26 2026 is a week in the
+    ledger: it is never listed as due, and the 12 months Feb 26 to Jan 26 2027 post (not 13:
+    too many)."""
+    def export(frequency, *extra):
+        return write_export(tmp_path / f"data-{frequency}-{len(extra)}",
+                            facilities=[facility(timezone="UTC", weekly_billing_day=1, monthly_billing_day=26)],
+                            plans=[plan(frequency=frequency, schedule="facility")],
+                            contracts=[contract("K1", start_date=D(2026, 1, 5)), *extra])
+    db = tmp_path / "billing.duckdb"
+    run(export("weekly"), db, D(2026, 1, 5), D(2026, 2, 5))
+    run(export("monthly", contract("K2", start_date=D(2026, 1, 5))), db, D(2026, 2, 6), D(2026, 2, 6))
+    summary, = run(export("monthly"), db, D(2027, 1, 27), D(2027, 1, 27))
+    assert summary.ledger_problems == {name: 0 for name in summary.ledger_problems}
+    with duckdb.connect(str(db), read_only=True) as conn:
+        listed = conn.sql("SELECT count(*) FROM due_contracts WHERE business_date = DATE '2026-02-06' "
+                          "AND contract_id = 'K1'").fetchall()
+        errors = conn.sql("SELECT error_code FROM dues_posting_errors WHERE contract_id = 'K1' "
+                          "AND business_date = DATE '2027-01-27'").fetchall()
+        posted = conn.sql("SELECT min(bill_date), max(bill_date), count(*) FROM ledger WHERE kind = 'dues' "
+                          "AND business_date = DATE '2027-01-27'").fetchall()
+    assert listed == [(0,)] and errors == []
+    assert posted == [(D(2026, 2, 26), D(2027, 1, 26), 12)]
+
+
 def test_a_frequency_changed_then_an_old_day_rerun_bills_no_week_of_a_paid_month(tmp_path):
     """Monthly K1 posts Jan 10 (paid through Feb 9); the plan becomes weekly and Jan 31 is rerun:
     the weeks of Jan 17, 24 and 31 are paid already and do not post. Feb 7 (3 of 7 days paid)

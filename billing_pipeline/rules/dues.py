@@ -19,6 +19,8 @@ against the periods posted on its date or later and the latest one before (`stan
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import polars as pl
 
 from billing_pipeline.inputs.contract import CONTRACT_TYPES, FREQUENCIES, SCHEDULES
@@ -29,6 +31,9 @@ from billing_pipeline.rules.text import fmt
 MAX_MISSED_PERIODS = 12
 # Above this many bill dates in the window, the window is not expanded: it is an error anyway.
 EXPANSION_CAP = 400
+
+# Which of some (contract_id, bill_date) the ledger has: a lookup the cycle passes to the rules.
+InLedger = Callable[[pl.DataFrame], pl.DataFrame]
 
 DUE_COLUMNS = ["business_date", "facility_id", "contract_id", "customer_id", "bill_date", "period_end", "kind",
                "amount_cents"]
@@ -134,7 +139,8 @@ def data_errors(processed: pl.LazyFrame, duplicate_customers: pl.LazyFrame) -> p
 
 
 def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl.LazyFrame,
-                posted_since: pl.LazyFrame | None = None) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+                posted_since: pl.LazyFrame | None = None,
+                in_ledger: InLedger | None = None) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Unposted periods up to the business date, and contracts with too many of them.
 
     `processed` must be free of plan errors (it needs the plan's schedule). `last_posted`:
@@ -144,7 +150,8 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
     `posted_since`: contract_id, business_date, posted_bill_date, posted_period_end: the periods
     posted on the business date or later, of a rerun's contracts (or a day's run late). Those are
     not unposted, so not counted against the limit; and a period half or more paid by them and
-    the latest one posted before (`stand_ins`) is dropped.
+    the latest one posted before (`stand_ins`) is dropped. `in_ledger`: which of some
+    (contract_id, bill_date) the ledger has (`opened_back`).
     Returns (periods with kind, amount and period_end, too_many_missed_periods errors).
     """
     # Nothing bills from a termination or conclusion on: the window ends the day before. A contract
@@ -175,7 +182,7 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
     ).collect()
     windows = (
         pl.concat([windows.filter(~pl.col("_date_back")).with_columns(pl.col("last_bill_date").alias("window_after")),
-                   opened_back(windows.filter(pl.col("_date_back")))], how="vertical")
+                   opened_back(windows.filter(pl.col("_date_back")), alive, in_ledger)], how="vertical")
         .drop("_date_back").lazy().filter(pl.col("n_dates") > 0)
         .join(alive.select(carried), on=["contract_key", "business_date"])
     ).collect().lazy()
@@ -229,15 +236,16 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
 
 
 def post_dues(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl.LazyFrame,
-              duplicate_customers: pl.LazyFrame, posted_since: pl.LazyFrame | None = None) -> dict[str, pl.LazyFrame]:
+              duplicate_customers: pl.LazyFrame, posted_since: pl.LazyFrame | None = None,
+              in_ledger: InLedger | None = None) -> dict[str, pl.LazyFrame]:
     """due_contracts (before holds), dues_postings and dues_posting_errors for the facility-days.
 
-    `processed` carries `status`, the contract's status on the business date. `posted_since`:
-    see `due_periods`.
+    `processed` carries `status`, the contract's status on the business date. `posted_since`,
+    `in_ledger`: see `due_periods`.
     """
     errors = data_errors(processed, duplicate_customers).collect().lazy()
     schedulable = processed.filter(pl.col("plan_known"))
-    periods, too_many = due_periods(schedulable, last_posted, timeline, posted_since)
+    periods, too_many = due_periods(schedulable, last_posted, timeline, posted_since, in_ledger)
     in_effect_today = processed.filter(pl.col("status").is_in(IN_EFFECT)).select("contract_key")
     has_periods = periods.select("contract_key").unique()
     alive = processed.filter(pl.col("exported_status").is_in(ALIVE)).select("contract_key")
@@ -273,20 +281,34 @@ def with_date_back(windows: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def opened_back(windows: pl.DataFrame) -> pl.DataFrame:
+def opened_back(windows: pl.DataFrame, alive: pl.LazyFrame, in_ledger: InLedger | None) -> pl.DataFrame:
     """The windows of `with_date_back` contracts opened back to include the series date before
     the latest bill date posted (`window_after` the day before it), and counted again; that
-    date, if it is not the latest bill date itself (a bill date posts once)."""
+    date, unless it is posted already (a bill date posts once: the latest one, or one
+    `in_ledger` finds)."""
     back = (
         windows.lazy().with_columns((pl.col("_lo") - 1).alias("_k_back"))
         .pipe(bill_dates.with_nth_bill_date, "_k_back", "_back")
-        .with_columns(pl.when((pl.col("_back") < pl.col("last_bill_date")) & (pl.col("_back") <= pl.col("through")))
-                      .then(pl.col("_back") - pl.duration(days=1)).otherwise(pl.col("last_bill_date"))
+        .with_columns(((pl.col("_back") < pl.col("last_bill_date")) & (pl.col("_back") <= pl.col("through")))
+                      .alias("_opens"))
+    ).collect()
+    if in_ledger is not None and back.get_column("_opens").any():
+        keys = (back.lazy().filter("_opens").join(alive.select("contract_key", "business_date", "contract_id"),
+                                                  on=["contract_key", "business_date"])
+                .select("contract_key", "business_date", "contract_id", pl.col("_back").alias("bill_date")).collect())
+        posted = in_ledger(keys.select("contract_id", "bill_date"))
+        taken = (keys.join(posted, on=["contract_id", "bill_date"], how="semi")
+                 .select("contract_key", "business_date", pl.lit(True).alias("_taken")))
+        back = (back.join(taken, on=["contract_key", "business_date"], how="left")
+                .with_columns(pl.col("_opens") & pl.col("_taken").is_null()).drop("_taken"))
+    return (
+        back.lazy()
+        .with_columns(pl.when("_opens").then(pl.col("_back") - pl.duration(days=1)).otherwise(pl.col("last_bill_date"))
                       .alias("window_after"))
-        .drop("_k_back", "_back", "_lo", "_hi", "n_dates")
+        .drop("_k_back", "_back", "_opens", "_lo", "_hi", "n_dates")
         .pipe(bill_dates.with_count_between, "window_after", "through", "n_dates")
+        .select(windows.columns + ["window_after"]).collect()
     )
-    return back.select(windows.columns + ["window_after"]).collect()
 
 
 def mostly_paid(paid_from: pl.Expr, paid_through: pl.Expr) -> pl.Expr:

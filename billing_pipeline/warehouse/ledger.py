@@ -114,6 +114,16 @@ def postings_kept(conn: duckdb.DuckDBPyConnection, facility_days: pl.DataFrame) 
           USING (entry_id, facility_id, business_date)""", _stored=stored)
 
 
+def periods_in_ledger(conn: duckdb.DuckDBPyConnection, keys: pl.DataFrame) -> pl.DataFrame:
+    """contract_id, bill_date of the `keys` whose period the ledger has (by entry id: an index
+    lookup each)."""
+    if keys.is_empty():
+        return keys.select("contract_id", "bill_date")
+    return query(conn, "SELECT contract_id, bill_date FROM _keys SEMI JOIN ledger USING (entry_id)",
+                 _keys=keys.select("contract_id", "bill_date",
+                                   period_entry_id(pl.col("contract_id"), pl.col("bill_date")).alias("entry_id")))
+
+
 def periods_posted_since(conn: duckdb.DuckDBPyConnection, contract_days: pl.DataFrame) -> pl.DataFrame:
     """contract_id, business_date, posted_bill_date, posted_period_end: the periods the ledger has
     of the contracts posted on those business dates or later (by any facility; the end is null in
