@@ -210,22 +210,18 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
     # The periods of a contract with nothing posted on this date or later come after every
     # period it has in the ledger: new by construction, a plain INSERT (the primary key refuses
     # one that is not: a wrong contract_periods fails the night instead of skipping a period).
-    # The others (a rerun, a late day) may be posted already: those that are, are left out.
-    # So, in principle, may a period before the latest one posted (a schedule edited to longer
-    # steps, `dues.opened_back`: the rules looked it up in the ledger already; a few rows).
-    maybe_posted = pl.col("contract_id").is_in(since.get_column("contract_id").implode()) | pl.col("before_latest")
+    # The others (a rerun, a late day) may be posted already: those that are, are left out. (A
+    # period before the latest one posted, `dues.opened_back`, the rules looked up in the ledger.)
+    maybe_posted = pl.col("contract_id").is_in(since.get_column("contract_id").implode())
     with transaction(conn):
         # A period another facility-day already posted is that day's: an earlier day rerun
         # after it (its data fixed since) neither lists it as due nor posted (the ledger has it
         # once, under the later day, and the later day billed it).
-        maybe = out["dues_postings"].filter(maybe_posted)
-        out["dues_postings"] = out["dues_postings"].drop("before_latest")
-        elsewhere = ledger.posted_by_other_days(conn, maybe)
+        elsewhere = ledger.posted_by_other_days(conn, out["dues_postings"].filter(maybe_posted))
         if elsewhere.height:
             for table in ("due_contracts", "dues_postings"):
                 out[table] = out[table].join(elsewhere, on=["contract_id", "bill_date"], how="anti")
         entries = ledger.dues_entries(out["dues_postings"])
-        maybe_ids = pl.col("entry_id").is_in(maybe.get_column("entry_id").implode())
         # And what a rerun's facility-days posted before stays theirs, as the ledger has it, even
         # if the export no longer gives them the period or gives it other dues (the contract
         # moved, its schedule or dues were edited): listed as due and posted, as the first run
@@ -238,8 +234,8 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
                               .sort("facility_id", "contract_id", "bill_date"))
         for table in ("due_contracts", "dues_postings", "dues_posting_errors"):
             replace_facility_days(conn, table, out[table], night.facility_days)
-        new_entries = (ledger.post_new_entries(conn, entries.filter(~maybe_ids))
-                       + ledger.post_entries(conn, entries.filter(maybe_ids)))
+        new_entries = (ledger.post_new_entries(conn, entries.filter(~maybe_posted))
+                       + ledger.post_entries(conn, entries.filter(maybe_posted)))
         stamp_first(conn, night.facility_days, "dues_first_posted_at")
     return out, new_entries
 

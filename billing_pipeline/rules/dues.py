@@ -203,8 +203,7 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
         # (Only after an edit of the schedule: on every other night paid_through is the day
         # before the next bill date, and nothing is paid of the periods in the window.)
         .filter(~mostly_paid(pl.col("bill_date"), pl.col("paid_through")))
-        .with_columns((pl.col("bill_date") <= pl.col("last_bill_date")).fill_null(False).alias("before_latest"))
-        .select(*DUE_COLUMNS, "contract_key", "before_latest")
+        .select(*DUE_COLUMNS, "contract_key")
     ).collect().lazy()
     unposted = periods
     if posted_since is not None:
@@ -259,8 +258,7 @@ def post_dues(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl.L
     postings = due.join(errors.select("contract_key").unique(), on="contract_key", how="anti")
     return {
         "due_contracts": due.select(DUE_COLUMNS).sort("facility_id", "contract_id", "bill_date"),
-        # before_latest: a period before the latest one posted (`opened_back`): it may be in the ledger
-        "dues_postings": postings.select(*DUE_COLUMNS, "before_latest").sort("facility_id", "contract_id", "bill_date"),
+        "dues_postings": postings.select(DUE_COLUMNS).sort("facility_id", "contract_id", "bill_date"),
         "dues_posting_errors": errors.select(ERROR_COLUMNS).sort("facility_id", "contract_id", "error_code"),
     }
 
