@@ -1,5 +1,6 @@
 """Bad input: one clear error naming file, column and row key, and nothing written."""
 
+import datetime as dt
 import hashlib
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing_pipeline.cli import main
+from billing_pipeline.inputs.contract import TABLES
 from billing_pipeline.inputs.load import InputError, is_unique, load_inputs
 from tests.factories import D, card, contract, customer, write_export
 
@@ -148,3 +150,47 @@ def test_a_duplicate_key_in_an_unsorted_export_is_reported_with_its_row(tmp_path
         load_inputs(data)
     assert "contracts.parquet, column 'contract_id', row contract_id=K2" in str(error.value)
     assert "duplicate key 'K2'" in str(error.value)
+
+
+@pytest.mark.parametrize("file, column, value, shown", [
+    ("contracts", "start_date", 20260101, "the column's type is Int64 (20260101), where a date (YYYY-MM-DD) is expected"),
+    ("contracts", "end_date", 1.5, "the column's type is Float64 (1.5), where a date (YYYY-MM-DD) is expected"),
+    ("plans", "dues_cents", True, "the column's type is Boolean (True), where a whole number is expected"),
+    ("facilities", "active_contracts_only", 7, "the column's type is Int64 (7), where true or false is expected"),
+    ("status_changes", "requested_at", 5, "the column's type is Int64 (5), where an ISO timestamp is expected"),
+    ("plans", "dues_cents", [5000], "the column's type is List(Int64) ([5000]), where a whole number is expected"),
+])
+def test_a_parquet_column_of_the_wrong_type_is_refused_not_converted(tmp_path, file, column, value, shown):
+    """An integer yyyymmdd date would otherwise be read as days since 1970 (year 57440), a boolean
+    as 1 cent: a typed column whose values cannot mean what the contract says is bad input."""
+    data = write_export(tmp_path / "data", status_changes=[{"change_id": "S1", "contract_id": "K1", "kind": "freeze",
+                                                          "effective_date": D(2026, 3, 1),
+                                                          "requested_at": dt.datetime(2026, 3, 1, 9)}])
+    frame = pl.read_parquet(data / f"{file}.parquet")
+    key = TABLES[file].key
+    frame.with_columns(pl.lit(pl.Series(column, [value] * frame.height))).write_parquet(data / f"{file}.parquet")
+    with pytest.raises(InputError) as err:
+        load_inputs(data)
+    assert str(err.value) == f"{file}.parquet, column '{column}', row {key}={frame.get_column(key)[0]}: {shown}"
+
+
+def test_typed_parquet_columns_that_mean_the_same_load(tmp_path):
+    """Numbers as ids, whole floats as cents, midnight timestamps as dates, dictionary-encoded
+    text, and a zoned requested_at (its wall time: facility local time) are the same values."""
+    data = write_export(tmp_path / "data", status_changes=[{"change_id": "S1", "contract_id": "K1", "kind": "freeze",
+                                                          "effective_date": D(2026, 3, 1),
+                                                          "requested_at": dt.datetime(2026, 3, 1, 9)}])
+    expected = load_inputs(data)
+    contracts = pl.read_parquet(data / "contracts.parquet")
+    contracts.with_columns(pl.col("start_date").cast(pl.Datetime("ns")), pl.col("plan_id").cast(pl.Categorical),
+                           pl.col("dues_cents").cast(pl.Float64)).write_parquet(data / "contracts.parquet")
+    changes = pl.read_parquet(data / "status_changes.parquet")
+    changes.with_columns(pl.col("requested_at").dt.replace_time_zone("America/Chicago")).write_parquet(
+        data / "status_changes.parquet")
+    loaded = load_inputs(data)
+    assert loaded.contracts.equals(expected.contracts)
+    assert loaded.status_changes.get_column("requested_at").to_list() == [dt.datetime(2026, 3, 1, 9)]
+    numbered = pl.DataFrame({"x": [7]}).with_columns(pl.col("x").cast(pl.UInt32)).get_column("x")
+    customers = pl.read_parquet(data / "customers.parquet").with_columns(pl.Series("name", numbered))
+    customers.write_parquet(data / "customers.parquet")
+    assert load_inputs(data).customers.get_column("name").to_list() == ["7"]

@@ -98,6 +98,8 @@ def parse_expr(name: str, source: pl.DataType, target: pl.DataType) -> pl.Expr:
     if source == target:
         return col
     if source != pl.String:
+        if isinstance(source, pl.Datetime) and source.time_zone is not None:
+            col = col.dt.replace_time_zone(None)  # the wall time in its zone: dates and times are local
         if target == pl.Date and isinstance(source, pl.Datetime):  # a date, not a moment in a day
             return pl.when(col.dt.truncate("1d") == col).then(col.dt.date()).otherwise(None)
         if target == pl.Int64 and source.is_float():  # whole cents only, never truncated
@@ -125,7 +127,35 @@ EXPECTED = {pl.Date: "a date (YYYY-MM-DD)", pl.Boolean: "true or false", pl.Int6
             pl.Float64: "a number", pl.String: "text"}
 
 
+def convertible(source: pl.DataType, target: pl.DataType) -> bool:
+    """Whether a typed (Parquet) column of `source` type holds values of `target` type. Only
+    conversions that cannot change a value's meaning: an integer column of dates (20260101 read
+    as days since 1970), a boolean of cents or a number of dates is the wrong type, not data."""
+    if source == pl.String or source == pl.Null or source == target:
+        return True
+    if target == pl.String:  # ids exported as numbers or dictionary-encoded text
+        return source.is_integer() or isinstance(source, (pl.Categorical, pl.Enum))
+    if target == pl.Int64:
+        return source.is_integer() or source.is_float()  # floats: whole values only (parse_expr)
+    if target == pl.Float64:
+        return source.is_numeric()
+    if target == pl.Date:
+        return isinstance(source, pl.Datetime)  # midnight only (parse_expr)
+    if isinstance(target, pl.Datetime):
+        return isinstance(source, pl.Datetime) or source == pl.Date
+    return False
+
+
 def cast_columns(raw: pl.DataFrame, contract: TableContract, file: str, keys: pl.Series) -> pl.DataFrame:
+    for name, target in contract.dtypes.items():
+        source = raw.schema[name]
+        if not convertible(source, target):
+            values = raw.get_column(name)
+            first = int(values.is_not_null().arg_true().first() or 0) if values.len() else 0
+            shown = f" ({values.slice(first, 1).to_list()[0]!r})" if values.len() else ""
+            expected = EXPECTED.get(target, "an ISO timestamp" if isinstance(target, pl.Datetime) else str(target))
+            raise InputError(file, f"the column's type is {source}{shown}, where {expected} is expected",
+                             column=name, row_key=f"{contract.key}={keys[first]}" if values.len() else None)
     exprs = [parse_expr(n, raw.schema[n], t).alias(n) for n, t in contract.dtypes.items()]
     frame = raw.select(exprs)
     for name, target in contract.dtypes.items():
