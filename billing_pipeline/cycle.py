@@ -23,6 +23,7 @@ from billing_pipeline.rules import billable as billable_rules
 from billing_pipeline.rules import contract_status, dues, prebilling
 from billing_pipeline.rules.balance import balance_due_now
 from billing_pipeline.warehouse import ledger
+from billing_pipeline.warehouse.state import PERIOD_KINDS_SQL
 from billing_pipeline.warehouse.store import execute, insert, query, replace_facility_days, transaction
 
 
@@ -130,6 +131,7 @@ def maintenance(conn: duckdb.DuckDBPyConnection, night: Night) -> dict[str, pl.D
     with transaction(conn):
         mark_processed(conn, days)
         changed = status_changes_since_last_day(conn, statuses, days)
+        keep_later_days(conn, days, changed)
         replace_facility_days(conn, "contract_status_log", changed, days)
         replace_facility_days(conn, "status_change_errors", errors, days)
     return {"contract_status_daily": statuses, "contract_status_log": changed, "status_change_errors": errors}
@@ -167,25 +169,79 @@ def stamp_first(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame, column: str
 
 def status_changes_since_last_day(conn: duckdb.DuckDBPyConnection, statuses: pl.DataFrame,
                                   days: pl.DataFrame) -> pl.DataFrame:
-    """Contracts whose status on D differs from their last logged row before D at their facility:
-    the only rows stored, so 10M contracts do not cost 10M rows a day. A contract moved to a
-    facility gets a row there (none before), and the daily view shows it under its new facility
-    from D on. (Moved back to a facility with older rows, it gets one only when its status
-    changes: finding its latest row at any facility cost 0.7 s a night at 10M contracts, this 0.2.)"""
+    """The rows of `contract_status_log` for the facility-days: a contract whose status or customer
+    on D differs from its last row before D at its facility (or has none there: new, moved in,
+    back), and an end row (status null) for a contract the facility's last row shows but D does
+    not (moved out, gone from the export). So 10M contracts do not cost 10M rows a day, and each
+    facility's rows alone say which contracts it had on each of its processed days: its own
+    time zone's dates, whatever another facility's runs wrote, and in whatever order."""
     # DuckDB compares and answers with row numbers: at 10M contracts, bringing every previous
     # status back into Polars to join there cost 9 s a night; the row numbers cost about 3.
-    changed = query(conn, """
+    # (arg_max_null: an end row's null status is the last state, not skipped.)
+    found = query(conn, """
         WITH before AS (
-            SELECT l.contract_id, l.facility_id, arg_max(l.status, l.business_date) AS previous_status
+            SELECT l.contract_id, l.facility_id, d.business_date,
+                   arg_max_null(l.status, l.business_date) AS previous_status,
+                   arg_max_null(l.customer_id, l.business_date) AS previous_customer
             FROM contract_status_log l JOIN _days d
               ON l.facility_id = d.facility_id AND l.business_date < d.business_date
-            GROUP BY l.contract_id, l.facility_id)
-        SELECT s.row FROM _statuses s LEFT JOIN before b USING (contract_id, facility_id)
-        WHERE b.previous_status IS DISTINCT FROM s.status""",
-                    _days=days.select("facility_id", "business_date"),
-                    _statuses=statuses.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("row"), "contract_id",
-                                              "facility_id", "status"))
-    return statuses[changed.get_column("row").sort()]
+            GROUP BY l.contract_id, l.facility_id, d.business_date)
+        SELECT s.row, b.business_date, facility_id, contract_id, b.previous_customer
+        FROM _statuses s FULL JOIN before b USING (contract_id, facility_id)
+        WHERE CASE WHEN s.row IS NULL THEN b.previous_status IS NOT NULL
+                   ELSE b.previous_status IS DISTINCT FROM s.status OR b.previous_customer IS DISTINCT FROM s.customer_id END""",
+                  _days=days.select("facility_id", "business_date"),
+                  _statuses=statuses.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("row"), "contract_id",
+                                            "facility_id", "customer_id", "status"))
+    changed = statuses[found.get_column("row").drop_nulls().sort()]
+    ended = (found.filter(pl.col("row").is_null())
+             .select("business_date", "facility_id", "contract_id", pl.col("previous_customer").alias("customer_id"),
+                     pl.lit(None, pl.String).alias("status")))
+    return pl.concat([changed, ended.select(changed.columns).cast(changed.schema)]) if ended.height else changed
+
+
+def keep_later_days(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame, rows: pl.DataFrame) -> None:
+    """Before a rerun replaces its facility-days' log rows with `rows`: where a facility has run a
+    later day, the contracts whose state at D changes keep, on the facility's next processed day,
+    the state that day found (its run wrote a row only where it differed from D's old one). A
+    rerun with a corrected export then corrects D, not the days after it. (Call in the transaction,
+    before the replace; a night with no later day does nothing.)"""
+    later = query(conn, """
+        SELECT d.facility_id, d.business_date, min(p.business_date) AS next_date
+        FROM _days d JOIN processed_days p ON p.facility_id = d.facility_id AND p.business_date > d.business_date
+        GROUP BY ALL""", _days=days.select("facility_id", "business_date"))
+    if later.is_empty():
+        return
+    execute(conn, """
+        INSERT INTO contract_status_log (business_date, facility_id, contract_id, customer_id, status)
+        WITH old AS (
+            SELECT l.* FROM contract_status_log l JOIN _later d USING (facility_id, business_date)),
+        touched AS (
+            SELECT contract_id, facility_id FROM old
+            UNION SELECT contract_id, facility_id FROM _rows SEMI JOIN _later USING (facility_id, business_date)),
+        before AS (  -- each touched contract's last row before D at the facility
+            SELECT l.contract_id, l.facility_id, arg_max_null(l.status, l.business_date) AS status,
+                   arg_max_null(l.customer_id, l.business_date) AS customer_id
+            FROM contract_status_log l SEMI JOIN touched USING (contract_id, facility_id)
+            JOIN _later d ON l.facility_id = d.facility_id AND l.business_date < d.business_date
+            GROUP BY ALL),
+        states AS (
+            SELECT t.contract_id, t.facility_id, d.next_date,
+                   CASE WHEN o.contract_id IS NOT NULL THEN o.status ELSE b.status END AS old_status,
+                   CASE WHEN o.contract_id IS NOT NULL THEN o.customer_id ELSE b.customer_id END AS old_customer,
+                   CASE WHEN n.contract_id IS NOT NULL THEN n.status ELSE b.status END AS new_status,
+                   CASE WHEN n.contract_id IS NOT NULL THEN n.customer_id ELSE b.customer_id END AS new_customer
+            FROM touched t JOIN _later d USING (facility_id)
+            LEFT JOIN old o USING (contract_id, facility_id)
+            LEFT JOIN _rows n USING (contract_id, facility_id)
+            LEFT JOIN before b USING (contract_id, facility_id))
+        SELECT s.next_date, s.facility_id, s.contract_id,
+               coalesce(s.old_customer, s.new_customer), s.old_status
+        FROM states s
+        WHERE (s.old_status IS DISTINCT FROM s.new_status OR s.old_customer IS DISTINCT FROM s.new_customer)
+          AND NOT EXISTS (SELECT 1 FROM contract_status_log x WHERE x.facility_id = s.facility_id
+                          AND x.contract_id = s.contract_id AND x.business_date = s.next_date)""",
+            _later=later, _rows=rows.select("facility_id", "business_date", "contract_id", "customer_id", "status"))
 
 
 # --- dues posting (SPEC 1.2, 1.3) -----------------------------------------------------------
@@ -292,6 +348,7 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
         GROUP BY ALL HAVING count(*) FILTER (WHERE NOT c.posted) > 0""",
                 _keys=customer_days.select("customer_id", "business_date", "facility_id"), _runs=runs,
                 params={"since": dues_since(conn, runs)})
+    due = with_late_postings(due, late_postings(conn, customer_days, runs))
     last_attempts = query(conn, """
         SELECT a.customer_id, arg_max(a.business_date, a.business_date) AS last_attempt_date,
                arg_max(a.outcome, a.business_date) AS last_outcome
@@ -331,6 +388,50 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
             replace_facility_days(conn, table, frame, night.facility_days)
         stamp_first(conn, night.facility_days, "billed_first_at")
     return out
+
+
+def late_postings(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame, runs: pl.DataFrame) -> pl.DataFrame:
+    """customer_id, business_date, late_cents: periods a rerun posted for a facility-day after
+    its dues first posted (an export corrected: a wrong freeze, a first bill date too late), once
+    the home day that counted that facility-day had billed. That home day charged the customer
+    without them, and its rerun resends its first charge (one per customer and day), so the
+    home's next billing counts them as dues posted: the first to finish after they were posted.
+    Not those a charge requested after them covered (the rerun charged a customer it had not)."""
+    billed_before = runs.get_column("previous_billed_first_at").drop_nulls()
+    empty = pl.DataFrame(schema={"customer_id": pl.String, "business_date": pl.Date, "late_cents": pl.Int64})
+    if billed_before.is_empty():
+        return empty
+    # Every night reads the entries posted since the earliest previous billing (tonight's, by
+    # the posted_at zone maps) and finds none late: the join below runs only after a rerun.
+    late = query(conn, f"""
+        SELECT l.customer_id, l.amount_cents, l.posted_at, p.business_date, p.run_at
+        FROM ledger l JOIN processed_days p USING (facility_id, business_date)
+        WHERE l.posted_at > $since AND l.kind IN {PERIOD_KINDS_SQL} AND l.posted_at > p.dues_first_posted_at""",
+                 params={"since": billed_before.min()})
+    if late.is_empty():
+        return empty
+    keys = customer_days.filter(pl.col("customer_id").is_in(late.get_column("customer_id").unique().implode()))
+    return query(conn, """
+        WITH homes AS (SELECT k.customer_id, k.business_date, r.run_at, r.previous_billed_first_at, r.billed_first_at
+                       FROM _keys k JOIN _runs r USING (facility_id, business_date))
+        SELECT h.customer_id, h.business_date, sum(c.amount_cents)::BIGINT AS late_cents
+        FROM homes h JOIN _late c
+          ON c.customer_id = h.customer_id AND c.business_date <= h.business_date AND c.run_at <= h.run_at
+         AND c.posted_at > h.previous_billed_first_at
+         AND c.posted_at <= coalesce(h.billed_first_at, 'infinity'::TIMESTAMPTZ)
+        WHERE NOT EXISTS (SELECT 1 FROM charge_requests r WHERE r.customer_id = c.customer_id
+                          AND r.requested_at > c.posted_at AND r.business_date < h.business_date)
+        GROUP BY ALL""", _keys=keys.select("customer_id", "business_date", "facility_id"), _runs=runs, _late=late)
+
+
+def with_late_postings(due: pl.DataFrame, late: pl.DataFrame) -> pl.DataFrame:
+    """`due` with the late postings added as due and posted (a reason: dues posted)."""
+    if late.is_empty():
+        return due
+    keys = ["customer_id", "business_date"]
+    return (due.join(late, on=keys, how="full", coalesce=True)
+            .select(*keys, *(pl.sum_horizontal(column, "late_cents").alias(column)
+                             for column in ("due_cents", "posted_cents"))))
 
 
 def rolling_holds(conn: duckdb.DuckDBPyConnection, night: Night, day_settings: pl.DataFrame) -> pl.DataFrame:

@@ -143,6 +143,91 @@ def test_a_contract_moved_to_another_facility_is_shown_under_it_from_then_on(tmp
                      (D(2026, 1, 3), "F2", "active"), (D(2026, 1, 4), "F2", "active")]
 
 
+def daily(db: Path, column: str = "status") -> list[tuple]:
+    with duckdb.connect(str(db), read_only=True) as conn:
+        return conn.sql(f"SELECT contract_id, business_date, facility_id, {column} FROM contract_status_daily "
+                        "ORDER BY ALL").fetchall()
+
+
+def test_a_contract_moved_back_is_shown_where_it_is_each_day(tmp_path):
+    """K1 at F1 (Jan 1-2), at F2 (Jan 3-4), back at F1 (Jan 5-6), its status never changing: each
+    facility shows it on its days, and only there (F1's last row before Jan 5 says it left)."""
+    facilities = [facility(facility_id="F1", timezone="UTC"), facility(facility_id="F2", timezone="UTC")]
+    db = tmp_path / "billing.duckdb"
+    for first, at in ((D(2026, 1, 1), "F1"), (D(2026, 1, 3), "F2"), (D(2026, 1, 5), "F1")):
+        data = write_export(tmp_path / "data", facilities=facilities, contracts=[contract("K1", facility_id=at)])
+        run(data, db, first, first + dt.timedelta(days=1))
+    assert_a_rerun_changes_nothing(data, db, D(2026, 1, 5))
+    assert [row[1:3] for row in daily(db)] == [(D(2026, 1, d), f) for d, f in
+                                               ((1, "F1"), (2, "F1"), (3, "F2"), (4, "F2"), (5, "F1"), (6, "F1"))]
+
+
+def test_a_contract_gone_from_the_export_is_no_longer_shown(tmp_path):
+    db = tmp_path / "billing.duckdb"
+    run(write_export(tmp_path / "data", contracts=[contract("K1"), contract("K2")]), db, D(2026, 3, 1), D(2026, 3, 2))
+    data = write_export(tmp_path / "data", contracts=[contract("K1")])
+    run(data, db, D(2026, 3, 3), D(2026, 3, 4))
+    assert_a_rerun_changes_nothing(data, db, D(2026, 3, 3))
+    shown = [row[:2] for row in daily(db)]
+    assert shown == [("K1", D(2026, 3, d)) for d in range(1, 5)] + [("K2", D(2026, 3, 1)), ("K2", D(2026, 3, 2))]
+
+
+def test_a_contract_given_to_another_customer_is_shown_under_them_from_then_on(tmp_path):
+    db = tmp_path / "billing.duckdb"
+    customers = [customer("C1"), customer("C2")]
+    run(write_export(tmp_path / "data", customers=customers, contracts=[contract("K1")]), db, D(2026, 3, 1), D(2026, 3, 2))
+    run(write_export(tmp_path / "data", customers=customers, contracts=[contract("K1", customer_id="C2")]),
+        db, D(2026, 3, 3), D(2026, 3, 4))
+    assert [row[3] for row in daily(db, "customer_id")] == ["C1", "C1", "C2", "C2"]
+
+
+@pytest.mark.parametrize("first_freeze, corrected, expected", [
+    (3, 4, "active,active,active,frozen,frozen"),  # the rerun no longer freezes Mar 3: Mar 4-5 stay frozen
+    (4, 3, "active,active,frozen,frozen,frozen"),  # the rerun freezes Mar 3: Mar 4-5 stay as they ran
+    (None, 3, "active,active,frozen,active,active"),  # a freeze only the corrected export has: Mar 4-5 ran active
+])
+def test_a_day_rerun_with_a_corrected_export_corrects_that_day_not_the_days_after(tmp_path, first_freeze, corrected,
+                                                                                  expected):
+    """Mar 1-5 ran; the export is corrected and Mar 3 alone is rerun. The days after it keep the
+    status their own runs found (they are rerun, if wanted, one by one)."""
+    db = tmp_path / "billing.duckdb"
+    base = dict(contracts=[contract("K1")], payment_methods=[card("C1")])
+    freeze = [change("S1", "K1", "freeze", D(2026, 3, first_freeze))] if first_freeze else []
+    run(write_export(tmp_path / "data", **base, status_changes=freeze), db, D(2026, 3, 1), D(2026, 3, 5))
+    data = write_export(tmp_path / "data", **base, status_changes=[change("S1", "K1", "freeze", D(2026, 3, corrected))])
+    run(data, db, D(2026, 3, 3), D(2026, 3, 3))
+    assert ",".join(row[3] for row in daily(db)) == expected
+    assert_a_rerun_changes_nothing(data, db, D(2026, 3, 3))
+    run(data, db, D(2026, 3, 4), D(2026, 3, 5))  # rerunning the days after brings them in line with the export
+    frozen_from = corrected
+    assert [row[3] for row in daily(db)] == ["frozen" if d >= frozen_from else "active" for d in range(1, 6)]
+
+
+def test_an_earlier_versions_status_log_gets_its_end_rows_once(tmp_path):
+    """An earlier version ended a contract's rows at its next row at any facility and wrote no
+    end rows: opening its warehouse adds them once, so its moves show as they did."""
+    from billing_pipeline.warehouse.store import Warehouse
+
+    facilities = [facility(facility_id="F1", timezone="UTC"), facility(facility_id="F2", timezone="UTC")]
+    db = tmp_path / "billing.duckdb"
+    run(write_export(tmp_path / "data", facilities=facilities, contracts=[contract("K1", facility_id="F1")]),
+        db, D(2026, 1, 1), D(2026, 1, 2))
+    data = write_export(tmp_path / "data", facilities=facilities, contracts=[contract("K1", facility_id="F2")])
+    run(data, db, D(2026, 1, 3), D(2026, 1, 4))
+    before = daily(db)
+    with duckdb.connect(str(db)) as conn:  # as the earlier version left it
+        assert conn.sql("SELECT count(*) FROM contract_status_log WHERE status IS NULL").fetchall() == [(1,)]
+        conn.execute("DELETE FROM contract_status_log WHERE status IS NULL")
+        conn.execute("DELETE FROM warehouse_upgrades")
+    for _ in range(2):
+        with Warehouse(db).connect(echo=lambda _: None):
+            pass
+    with duckdb.connect(str(db), read_only=True) as conn:
+        ends = conn.sql("SELECT business_date, facility_id FROM contract_status_log WHERE status IS NULL").fetchall()
+    assert ends == [(D(2026, 1, 3), "F1")]
+    assert daily(db) == before
+
+
 def test_a_duplicate_ended_from_its_start_as_its_error_says_catches_up_only_the_other(tmp_path):
     """K1 and K2 (one plan, one customer) are held as duplicates on Jan 1 and Feb 1, and the error
     says how to resolve one entered by mistake; K2 terminated effective its start: Feb 10 posts
@@ -470,6 +555,40 @@ def test_a_day_rerun_after_its_export_was_fixed_posts_a_period_it_skipped(tmp_pa
     assert ledger == postings == [(d,) for d in expected]
     assert errors == []
     assert_a_rerun_changes_nothing(data, db, day)
+
+
+@pytest.mark.parametrize("later_days_first", [False, True])
+def test_a_period_a_rerun_posts_after_its_day_charged_is_billed_by_the_next_billing(tmp_path, later_days_first):
+    """C1's K2 was exported frozen by mistake: Jan 1 charged K1's 50.00. The export is fixed and
+    Jan 1 rerun: K2's 30.00 posts, but Jan 1 resends its first charge (one per customer and day).
+    The home's next billing to run (Jan 2, or Jan 3 if Jan 2 had billed already) bills the 30.00
+    as dues posted; no later day bills it again. C2's only contract was the frozen one: the
+    rerun charges C2 itself (declined), and no later day bills C2 for it before a retry would."""
+    db = tmp_path / "billing.duckdb"
+
+    def export(status):
+        return write_export(tmp_path / "data", facilities=[facility(timezone="UTC")],
+                            customers=[customer("C1"), customer("C2")],
+                            plans=[plan(), plan(plan_id="B", dues_cents=3000)],
+                            contracts=[contract("K1"), contract("K2", plan_id="B", status=status),
+                                       contract("K3", customer_id="C2", plan_id="B", status=status)],
+                            payment_methods=[card("C1"), card("C2", token="decline_do_not_honor")])
+    run(export("frozen"), db, D(2026, 1, 1), D(2026, 1, 2) if later_days_first else D(2026, 1, 1))
+    data = export("active")
+    run(data, db, D(2026, 1, 1), D(2026, 1, 1))
+    run(data, db, D(2026, 1, 3) if later_days_first else D(2026, 1, 2), D(2026, 1, 10))
+    billed_on = D(2026, 1, 3) if later_days_first else D(2026, 1, 2)
+    assert_a_rerun_changes_nothing(data, db, billed_on)
+    with duckdb.connect(str(db), read_only=True) as conn:
+        attempts = conn.sql("SELECT business_date, customer_id, amount_cents, outcome FROM billing_attempts "
+                            "ORDER BY ALL").fetchall()
+        reasons = conn.sql("SELECT reasons FROM billable_customers WHERE business_date = $d",
+                           params={"d": billed_on}).fetchall()
+        balances = conn.sql("SELECT customer_id, balance_cents FROM customer_balances ORDER BY 1").fetchall()
+    assert attempts == [(D(2026, 1, 1), "C1", 5000, "approved"), (D(2026, 1, 1), "C2", 3000, "declined"),
+                        (billed_on, "C1", 3000, "approved")]
+    assert reasons == [(["dues_posted"],)]
+    assert balances == [("C1", 0), ("C2", 3000)]
 
 
 def test_the_ledger_check_finds_a_posting_listed_with_other_values_than_posted(tmp_path):

@@ -11,8 +11,10 @@ CREATE TABLE IF NOT EXISTS processed_days (
 ALTER TABLE processed_days ADD COLUMN IF NOT EXISTS dues_first_posted_at TIMESTAMPTZ;  -- older files
 ALTER TABLE processed_days ADD COLUMN IF NOT EXISTS billed_first_at TIMESTAMPTZ;
 
--- Status intervals: a row when a contract's status on a processed date differs from the
--- processed date before. The daily view below expands them.
+-- Status intervals: a row when a contract's status or customer at a facility on a processed date
+-- differs from that facility's processed date before (or it was not there), and a row with a null
+-- status when the facility no longer has it (moved out, gone from the export). Each facility's
+-- rows stand alone. The daily view below expands them.
 CREATE TABLE IF NOT EXISTS contract_status_log (
     business_date DATE, facility_id VARCHAR, contract_id VARCHAR, customer_id VARCHAR, status VARCHAR);
 
@@ -120,9 +122,11 @@ SELECT business_date, facility_id, customer_id, amount_cents, surcharge_cents, o
 FROM billing_attempts WHERE outcome IN ('declined', 'error');
 
 CREATE OR REPLACE VIEW contract_status_intervals AS
-SELECT facility_id, contract_id, customer_id, status, business_date AS valid_from,
-       lead(business_date) OVER (PARTITION BY contract_id ORDER BY business_date) AS valid_until
-FROM contract_status_log;
+SELECT * FROM (
+    SELECT facility_id, contract_id, customer_id, status, business_date AS valid_from,
+           lead(business_date) OVER (PARTITION BY contract_id, facility_id ORDER BY business_date) AS valid_until
+    FROM contract_status_log)
+WHERE status IS NOT NULL;
 
 -- Status of every contract on every processed date of its facility.
 CREATE OR REPLACE VIEW contract_status_daily AS
@@ -131,3 +135,6 @@ FROM processed_days p
 JOIN contract_status_intervals i
   ON i.facility_id = p.facility_id AND i.valid_from <= p.business_date
  AND (i.valid_until IS NULL OR p.business_date < i.valid_until);
+
+-- The once-only rewrites of an earlier version's warehouse done on this file (`upgrades.py`).
+CREATE TABLE IF NOT EXISTS warehouse_upgrades (upgrade VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ);

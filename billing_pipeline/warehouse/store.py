@@ -35,6 +35,7 @@ import polars as pl
 from filelock import FileLock, Timeout
 
 from billing_pipeline.warehouse.state import CATCH_UPS, REBUILT_WITHOUT
+from billing_pipeline.warehouse.upgrades import UPGRADES
 
 
 # Background allocator threads hand memory freed by a big query back to the system: without them
@@ -222,6 +223,12 @@ def create_schema(conn: duckdb.DuckDBPyConnection) -> None:
                 conn.execute(f"DROP TABLE {table}")
                 existing.discard(table)
         conn.execute(resources.files("billing_pipeline.warehouse").joinpath("schema.sql").read_text())
+        done = {name for (name,) in conn.execute("SELECT upgrade FROM warehouse_upgrades").fetchall()}
+        for name, sql in UPGRADES.items():
+            if name not in done:
+                if "contract_status_log" in existing:  # a new warehouse has nothing to upgrade
+                    conn.execute(sql)
+                conn.execute("INSERT INTO warehouse_upgrades VALUES ($name, now())", {"name": name})
         marks = dict(conn.execute("SELECT state_table, caught_up_to FROM state_caught_up").fetchall())
         for table, (latest_sql, sql) in CATCH_UPS.items():
             ((latest,),) = conn.execute(latest_sql).fetchall()
