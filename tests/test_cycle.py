@@ -162,6 +162,22 @@ def test_a_contract_moved_back_is_shown_where_it_is_each_day(tmp_path):
                                                ((1, "F1"), (2, "F1"), (3, "F2"), (4, "F2"), (5, "F1"), (6, "F1"))]
 
 
+def test_two_contracts_swapping_facilities_are_each_shown_where_they_are(tmp_path):
+    """K1 moves F1 -> F2 and K2 F2 -> F1 the same night: each facility has as many contracts as
+    the night before, yet each has one that left (the counts that spare a night the search for
+    contracts gone count the arrivals apart)."""
+    facilities = [facility(facility_id="F1", timezone="UTC"), facility(facility_id="F2", timezone="UTC")]
+    customers = [customer("C1"), customer("C2", facility_id="F2")]
+    db = tmp_path / "billing.duckdb"
+    for first, (k1, k2) in ((D(2026, 1, 1), ("F1", "F2")), (D(2026, 1, 3), ("F2", "F1"))):
+        data = write_export(tmp_path / "data", facilities=facilities, customers=customers,
+                            contracts=[contract("K1", facility_id=k1), contract("K2", customer_id="C2", facility_id=k2)])
+        run(data, db, first, first + dt.timedelta(days=1))
+    assert [row[:3] for row in daily(db)] == [
+        ("K1", D(2026, 1, 1), "F1"), ("K1", D(2026, 1, 2), "F1"), ("K1", D(2026, 1, 3), "F2"), ("K1", D(2026, 1, 4), "F2"),
+        ("K2", D(2026, 1, 1), "F2"), ("K2", D(2026, 1, 2), "F2"), ("K2", D(2026, 1, 3), "F1"), ("K2", D(2026, 1, 4), "F1")]
+
+
 def test_a_contract_gone_from_the_export_is_no_longer_shown(tmp_path):
     db = tmp_path / "billing.duckdb"
     run(write_export(tmp_path / "data", contracts=[contract("K1"), contract("K2")]), db, D(2026, 3, 1), D(2026, 3, 2))
@@ -226,6 +242,12 @@ def test_an_earlier_versions_status_log_gets_its_end_rows_once(tmp_path):
         ends = conn.sql("SELECT business_date, facility_id FROM contract_status_log WHERE status IS NULL").fetchall()
     assert ends == [(D(2026, 1, 3), "F1")]
     assert daily(db) == before
+    # Its processed days have no contract counts: a contract gone is looked for all the same.
+    with duckdb.connect(str(db)) as conn:
+        conn.execute("UPDATE processed_days SET contracts = NULL")
+    run(write_export(tmp_path / "data", facilities=facilities, contracts=[contract("K2", facility_id="F2")]),
+        db, D(2026, 1, 5), D(2026, 1, 5))
+    assert [row[:3] for row in daily(db) if row[1] == D(2026, 1, 5)] == [("K2", D(2026, 1, 5), "F2")]
 
 
 def test_a_duplicate_ended_from_its_start_as_its_error_says_catches_up_only_the_other(tmp_path):
