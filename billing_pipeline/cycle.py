@@ -169,67 +169,35 @@ def stamp_first(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame, column: str
 
 def status_changes_since_last_day(conn: duckdb.DuckDBPyConnection, statuses: pl.DataFrame,
                                   days: pl.DataFrame) -> pl.DataFrame:
-    """The rows of `contract_status_log` for the facility-days: a contract whose status or customer
-    on D differs from its last row before D at its facility (or has none there: new, moved in,
-    back), and an end row (status null) for a contract the facility's last row shows but D does
-    not (moved out, gone from the export). So 10M contracts do not cost 10M rows a day, and each
+    """The rows of `contract_status_log` for the facility-days: a contract whose status on D
+    differs from its last row before D at its facility (or has none there: new, moved in, back),
+    and an end row (status null) for a contract the facility's last row shows but D does not
+    (moved out, gone from the export). So 10M contracts do not cost 10M rows a day, and each
     facility's rows alone say which contracts it had on each of its processed days: its own
-    time zone's dates, whatever another facility's runs wrote, and in whatever order.
-    Also records how many contracts each facility-day processed (`processed_days.contracts`)."""
-    # Each contract's last row, compared in DuckDB, grouped by the statuses' row number (an
-    # integer: grouping by the contract and facility strings cost about 1 s more at 10M), and
-    # answered with the row numbers of those that changed (bringing every previous status back
-    # into Polars to compare there cost 9 s a night). arg_max_null: an end row's null status is
-    # the last state, not skipped.
+    time zone's dates, whatever another facility's runs wrote, and in whatever order. (A
+    contract given to another customer gets a row under them at its next change: comparing
+    every contract's customer cost 1-2 s a night at 10M.)"""
+    # DuckDB compares and answers with row numbers: at 10M contracts, bringing every previous
+    # status back into Polars to join there cost 9 s a night; the row numbers cost about 3.
+    # (arg_max_null: an end row's null status is the last state, not skipped.)
     found = query(conn, """
-        SELECT s.row, arg_max_null(l.status, l.business_date) IS NOT NULL AS was_open
-        FROM _statuses s LEFT JOIN contract_status_log l
-          ON l.contract_id = s.contract_id AND l.facility_id = s.facility_id AND l.business_date < s.business_date
-        GROUP BY s.row
-        HAVING coalesce(arg_max_null(l.status IS DISTINCT FROM s.status OR l.customer_id IS DISTINCT FROM s.customer_id,
-                                     l.business_date), true)""",
+        WITH before AS (
+            SELECT l.contract_id, l.facility_id, any_value(d.business_date) AS business_date,
+                   arg_max_null(l.status, l.business_date) AS previous_status
+            FROM contract_status_log l JOIN _days d
+              ON l.facility_id = d.facility_id AND l.business_date < d.business_date
+            GROUP BY l.contract_id, l.facility_id)
+        SELECT s.row, b.business_date, facility_id, contract_id
+        FROM _statuses s FULL JOIN before b USING (contract_id, facility_id)
+        WHERE CASE WHEN s.row IS NULL THEN b.previous_status IS NOT NULL
+                   ELSE b.previous_status IS DISTINCT FROM s.status END""",
+                  _days=days.select("facility_id", "business_date"),
                   _statuses=statuses.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("row"), "contract_id",
-                                            "facility_id", "customer_id", "status", "business_date"))
-    changed = statuses[found.get_column("row").sort()]
-    counts = (days.select("facility_id", "business_date")
-              .join(statuses.group_by("facility_id").len("contracts"), on="facility_id", how="left")
-              .with_columns(pl.col("contracts").fill_null(0).cast(pl.Int64)))
-    ended = ended_contracts(conn, statuses, counts, changed.filter(~found.sort("row").get_column("was_open")))
-    execute(conn, """UPDATE processed_days p SET contracts = c.contracts FROM _counts c
-                     WHERE p.facility_id = c.facility_id AND p.business_date = c.business_date""", _counts=counts)
-    if ended.is_empty():
-        return changed
-    ended = ended.with_columns(pl.lit(None, pl.String).alias("status"))
-    return pl.concat([changed, ended.select(changed.columns).cast(changed.schema)])
-
-
-def ended_contracts(conn: duckdb.DuckDBPyConnection, statuses: pl.DataFrame, counts: pl.DataFrame,
-                    arrived: pl.DataFrame) -> pl.DataFrame:
-    """End rows (business_date, facility_id, contract_id, customer_id) of the contracts a
-    facility's last row before D shows and D does not. Looked for only where fewer contracts are
-    back than the facility's previous processed day had (`counts`: tonight's per facility-day;
-    `arrived`: tonight's rows that had no open row there), or where that day's count is not
-    known (run by a version without the counts): looking among every contract's rows cost
-    about 0.9 s a night at 10M."""
-    short = (query(conn, """
-        SELECT c.facility_id, c.business_date, arg_max_null(p.contracts, p.business_date) AS previous_contracts
-        FROM _counts c JOIN processed_days p ON p.facility_id = c.facility_id AND p.business_date < c.business_date
-        GROUP BY ALL""", _counts=counts.select("facility_id", "business_date"))
-             .join(counts.join(arrived.group_by("facility_id").len("arrived"), on="facility_id", how="left"),
-                   on=["facility_id", "business_date"])
-             .filter(pl.col("previous_contracts").is_null()
-                     | (pl.col("previous_contracts") > pl.col("contracts") - pl.col("arrived").fill_null(0))))
-    if short.is_empty():
-        return pl.DataFrame(schema={"business_date": pl.Date, "facility_id": pl.String, "contract_id": pl.String,
-                                    "customer_id": pl.String})
-    return query(conn, """
-        SELECT d.business_date, l.facility_id, l.contract_id, arg_max_null(l.customer_id, l.business_date) AS customer_id
-        FROM contract_status_log l JOIN _days d ON l.facility_id = d.facility_id AND l.business_date < d.business_date
-        ANTI JOIN _present s ON s.contract_id = l.contract_id AND s.facility_id = l.facility_id
-        GROUP BY ALL HAVING arg_max_null(l.status, l.business_date) IS NOT NULL""",
-                 _days=short.select("facility_id", "business_date"),
-                 _present=statuses.join(short.select("facility_id"), on="facility_id", how="semi")
-                 .select("contract_id", "facility_id"))
+                                            "facility_id", "status"))
+    changed = statuses[found.get_column("row").drop_nulls().sort()]
+    ended = found.filter(pl.col("row").is_null()).with_columns(pl.lit(None, pl.String).alias("customer_id"),
+                                                               pl.lit(None, pl.String).alias("status"))
+    return pl.concat([changed, ended.select(changed.columns).cast(changed.schema)]) if ended.height else changed
 
 
 def keep_later_days(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame, rows: pl.DataFrame) -> None:

@@ -10,14 +10,11 @@ CREATE TABLE IF NOT EXISTS processed_days (
     processed_at TIMESTAMPTZ, dues_first_posted_at TIMESTAMPTZ, billed_first_at TIMESTAMPTZ);
 ALTER TABLE processed_days ADD COLUMN IF NOT EXISTS dues_first_posted_at TIMESTAMPTZ;  -- older files
 ALTER TABLE processed_days ADD COLUMN IF NOT EXISTS billed_first_at TIMESTAMPTZ;
--- contracts: how many contracts the facility-day processed (the status log's open rows there
--- after it: the next day looks for contracts gone only where fewer of them are back).
-ALTER TABLE processed_days ADD COLUMN IF NOT EXISTS contracts BIGINT;
 
--- Status intervals: a row when a contract's status or customer at a facility on a processed date
--- differs from that facility's processed date before (or it was not there), and a row with a null
--- status when the facility no longer has it (moved out, gone from the export). Each facility's
--- rows stand alone. The daily view below expands them.
+-- Status intervals: a row when a contract's status at a facility on a processed date differs
+-- from that facility's processed date before (or it was not there), and a row with a null status
+-- (and customer) when the facility no longer has it (moved out, gone from the export). Each
+-- facility's rows stand alone. The daily view below expands them.
 CREATE TABLE IF NOT EXISTS contract_status_log (
     business_date DATE, facility_id VARCHAR, contract_id VARCHAR, customer_id VARCHAR, status VARCHAR);
 
