@@ -387,6 +387,9 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
         for table, frame in out.items():
             replace_facility_days(conn, table, frame, night.facility_days)
         stamp_first(conn, night.facility_days, "billed_first_at")
+        execute(conn, """UPDATE processed_days p SET billed_last_at = now() FROM _days d
+                         WHERE p.facility_id = d.facility_id AND p.business_date = d.business_date""",
+                _days=night.facility_days.select("facility_id", "business_date"))
     return out
 
 
@@ -396,7 +399,10 @@ def late_postings(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame, 
     the home day that counted that facility-day had billed. That home day charged the customer
     without them, and its rerun resends its first charge (one per customer and day), so the
     home's next billing counts them as dues posted: the first to finish after they were posted.
-    Not those a charge requested after them covered (the rerun charged a customer it had not)."""
+    Not those a charge's balance held: one of a home day at or after theirs (date and run
+    instant, as `ledger.ledger_sums` counts) whose billing step worked it out after they were
+    posted (`balance_as_of`: the rerun charged a customer it had not charged before). A request
+    written before that was recorded counts as holding them: never billed twice."""
     billed_before = runs.get_column("previous_billed_first_at").drop_nulls()
     empty = pl.DataFrame(schema={"customer_id": pl.String, "business_date": pl.Date, "late_cents": pl.Int64})
     if billed_before.is_empty():
@@ -419,8 +425,11 @@ def late_postings(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame, 
           ON c.customer_id = h.customer_id AND c.business_date <= h.business_date AND c.run_at <= h.run_at
          AND c.posted_at > h.previous_billed_first_at
          AND c.posted_at <= coalesce(h.billed_first_at, 'infinity'::TIMESTAMPTZ)
-        WHERE NOT EXISTS (SELECT 1 FROM charge_requests r WHERE r.customer_id = c.customer_id
-                          AND r.requested_at > c.posted_at AND r.business_date < h.business_date)
+        WHERE NOT EXISTS (
+            SELECT 1 FROM charge_requests r JOIN processed_days q USING (facility_id, business_date)
+            WHERE r.customer_id = c.customer_id AND r.business_date < h.business_date
+              AND r.business_date >= c.business_date AND q.run_at >= c.run_at
+              AND coalesce(r.balance_as_of > c.posted_at, true))
         GROUP BY ALL""", _keys=keys.select("customer_id", "business_date", "facility_id"), _runs=runs, _late=late)
 
 
@@ -606,7 +615,8 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
                 UPDATE billable_customers b SET hold_reason = h.hold_reason FROM _held h
                 WHERE b.customer_id = h.customer_id AND b.business_date = h.business_date AND b.hold_reason IS NULL""",
                     _held=held)
-        new = planned.join(unrequested, on=keys, how="semi").join(held, on=keys, how="anti")
+        new = (planned.join(unrequested, on=keys, how="semi").join(held, on=keys, how="anti")
+               .join(billed_as_of(conn, days), on=["facility_id", "business_date"], how="left"))
         insert(conn, "charge_requests", new.with_columns(pl.lit(dt.datetime.now(dt.timezone.utc)).alias("requested_at")),
                key="idempotency_key")
         execute(conn, """INSERT INTO unanswered_charge_days SELECT DISTINCT facility_id, business_date FROM _new
@@ -635,6 +645,14 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
         SELECT a.* FROM billing_attempts a JOIN _days d USING (facility_id, business_date)
         ORDER BY idempotency_key""", _days=days.select("facility_id", "business_date"))
     return attempts, sent, held.height
+
+
+def billed_as_of(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame) -> pl.DataFrame:
+    """facility_id, business_date, balance_as_of: when each facility-day's billing step last
+    worked out the balances its charges bill (`late_postings` tells by it what they held)."""
+    return query(conn, """SELECT facility_id, business_date, billed_last_at AS balance_as_of
+                           FROM processed_days SEMI JOIN _days USING (facility_id, business_date)""",
+                 _days=days.select("facility_id", "business_date"))
 
 
 def holds_at_charging(conn: duckdb.DuckDBPyConnection, unrequested: pl.DataFrame,

@@ -608,6 +608,77 @@ def test_a_period_a_rerun_posts_after_its_day_charged_is_billed_by_the_next_bill
     assert balances == [("C1", 0), ("C2", 3000)]
 
 
+def test_a_period_posted_late_at_a_facility_west_of_home_is_billed_by_the_homes_next_billing(tmp_path):
+    """C1 (home New York) has K1 at New York and K2 at Los Angeles, both exported frozen by
+    mistake. Jan 1 and 2 ran; the export is fixed and Jan 1 rerun: New York's Jan 1 charges C1
+    for the first time, 50.00, a balance that cannot hold Los Angeles' Jan 1 (it runs three
+    hours later). That charge was written after K2 posted, yet did not bill it: Jan 3 does."""
+    facilities = [facility(facility_id="NY", timezone="America/New_York"),
+                  facility(facility_id="LA", timezone="America/Los_Angeles")]
+    db = tmp_path / "billing.duckdb"
+
+    def export(status):
+        return write_export(tmp_path / "data", facilities=facilities, customers=[customer("C1", facility_id="NY")],
+                            plans=[plan(), plan(plan_id="B", dues_cents=3000)],
+                            contracts=[contract("K1", facility_id="NY", status=status),
+                                       contract("K2", facility_id="LA", plan_id="B", status=status)],
+                            payment_methods=[card("C1")])
+    run(export("frozen"), db, D(2026, 1, 1), D(2026, 1, 2))
+    data = export("active")
+    run(data, db, D(2026, 1, 1), D(2026, 1, 1))
+    run(data, db, D(2026, 1, 3), D(2026, 1, 10))
+    with duckdb.connect(str(db), read_only=True) as conn:
+        attempts = conn.sql("SELECT business_date, amount_cents FROM billing_attempts ORDER BY ALL").fetchall()
+        balances = conn.sql("SELECT balance_cents FROM customer_balances").fetchall()
+    assert attempts == [(D(2026, 1, 1), 5000), (D(2026, 1, 3), 3000)]
+    assert balances == [(0,)]
+
+
+def test_a_period_posted_late_between_a_days_billing_and_its_charging_is_billed_next(tmp_path):
+    """Jan 2's billing step worked out C1's balance (K4's 20.00) before a rerun of Jan 1 posted
+    K2's 30.00 late, and its charging step wrote the charge after: the charge bills the balance
+    its billing step saw, so Jan 3 bills the 30.00."""
+    from billing_pipeline.cycle import charge, maintenance, post_dues, select_billable
+    from billing_pipeline.facility_clock import facility_days_for_date
+    from billing_pipeline.gateway import SimulatedGateway
+    from billing_pipeline.inputs.load import load_inputs
+    from billing_pipeline.night import Night
+    from billing_pipeline.warehouse.store import Warehouse
+
+    db = tmp_path / "billing.duckdb"
+
+    def export(status):
+        return write_export(tmp_path / "data", facilities=[facility(timezone="UTC")],
+                            plans=[plan(), plan(plan_id="B", dues_cents=3000), plan(plan_id="E", dues_cents=2000)],
+                            contracts=[contract("K1"), contract("K2", plan_id="B", status=status),
+                                       contract("K4", plan_id="E", start_date=D(2026, 1, 2))],
+                            payment_methods=[card("C1")])
+    old = export("frozen")
+    run(old, db, D(2026, 1, 1), D(2026, 1, 1))
+    inputs = load_inputs(old)
+    night = Night(inputs, facility_days_for_date(inputs.facilities, D(2026, 1, 2)))
+    settings = RunOptions().cycle_settings()
+    warehouse = Warehouse(db)
+    with warehouse.connect(echo=lambda _: None) as conn:
+        maintenance(conn, night)
+        post_dues(conn, night)
+        select_billable(conn, night, settings)
+    data = export("active")
+    run(data, db, D(2026, 1, 1), D(2026, 1, 1))
+    gateway = SimulatedGateway(warehouse.gateway_record_path)
+    try:
+        with warehouse.connect(echo=lambda _: None) as conn:
+            charge(conn, night, gateway, settings)
+    finally:
+        gateway.close()
+    run(data, db, D(2026, 1, 3), D(2026, 1, 10))
+    with duckdb.connect(str(db), read_only=True) as conn:
+        attempts = conn.sql("SELECT business_date, amount_cents FROM billing_attempts ORDER BY ALL").fetchall()
+        balances = conn.sql("SELECT balance_cents FROM customer_balances").fetchall()
+    assert attempts == [(D(2026, 1, 1), 5000), (D(2026, 1, 2), 2000), (D(2026, 1, 3), 3000)]
+    assert balances == [(0,)]
+
+
 def test_the_ledger_check_finds_a_posting_listed_with_other_values_than_posted(tmp_path):
     """dues_postings edited by hand to another amount: the check after the run's day finds it, and
     a rerun of the day puts it right."""

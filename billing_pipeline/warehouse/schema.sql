@@ -10,6 +10,8 @@ CREATE TABLE IF NOT EXISTS processed_days (
     processed_at TIMESTAMPTZ, dues_first_posted_at TIMESTAMPTZ, billed_first_at TIMESTAMPTZ);
 ALTER TABLE processed_days ADD COLUMN IF NOT EXISTS dues_first_posted_at TIMESTAMPTZ;  -- older files
 ALTER TABLE processed_days ADD COLUMN IF NOT EXISTS billed_first_at TIMESTAMPTZ;
+-- billed_last_at: when its billing step last worked out the balances (the ledger as it then stood).
+ALTER TABLE processed_days ADD COLUMN IF NOT EXISTS billed_last_at TIMESTAMPTZ;
 
 -- Status intervals: a row when a contract's status at a facility on a processed date differs
 -- from that facility's processed date before (or it was not there), and a row with a null status
@@ -100,6 +102,9 @@ CREATE TABLE IF NOT EXISTS charge_requests (
     customer_id VARCHAR NOT NULL, payment_method_id VARCHAR NOT NULL, payment_kind VARCHAR,
     token VARCHAR, amount_cents BIGINT NOT NULL, surcharge_cents BIGINT NOT NULL,
     surcharge_product_id VARCHAR, requested_at TIMESTAMPTZ);
+-- balance_as_of: the billing step whose balance the request charges (its processed_days.billed_last_at):
+-- a ledger entry posted later is not in its amount.
+ALTER TABLE charge_requests ADD COLUMN IF NOT EXISTS balance_as_of TIMESTAMPTZ;
 
 -- Facility-days that may have a charge request without an outcome: listed in the transaction
 -- that writes their requests, struck off once their charging has recorded every outcome. The
