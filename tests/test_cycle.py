@@ -220,28 +220,48 @@ def test_a_day_rerun_with_a_corrected_export_corrects_that_day_not_the_days_afte
     assert [row[3] for row in daily(db)] == ["frozen" if d >= frozen_from else "active" for d in range(1, 6)]
 
 
-def test_an_earlier_versions_status_log_gets_its_end_rows_once(tmp_path):
+@pytest.mark.parametrize("scenario", ["moved_on_a_later_date", "moved_between_two_runs_of_a_date",
+                                      "moved_while_its_facility_missed_a_night"])
+def test_an_earlier_versions_status_log_gets_the_end_rows_this_version_writes_once(tmp_path, scenario):
     """An earlier version ended a contract's rows at its next row at any facility and wrote no
-    end rows: opening its warehouse adds them once, so its moves show as they did."""
+    end rows: opening its warehouse adds them, once, where this version writes them: at the
+    facility's first processed day after its row and on or after the row elsewhere (in the order
+    the days ran: `run --facility` runs of one date; a night the facility missed)."""
     from billing_pipeline.warehouse.store import Warehouse
 
     facilities = [facility(facility_id="F1", timezone="UTC"), facility(facility_id="F2", timezone="UTC")]
     db = tmp_path / "billing.duckdb"
-    run(write_export(tmp_path / "data", facilities=facilities, contracts=[contract("K1", facility_id="F1")]),
-        db, D(2026, 1, 1), D(2026, 1, 2))
-    data = write_export(tmp_path / "data", facilities=facilities, contracts=[contract("K1", facility_id="F2")])
-    run(data, db, D(2026, 1, 3), D(2026, 1, 4))
-    before = daily(db)
+
+    def export(at):
+        return write_export(tmp_path / f"data-{at}", facilities=facilities, contracts=[contract("K1", facility_id=at)])
+
+    def run_facility(data, day, facility_id):
+        run_dates(data, db, day, day, facility_id, RunOptions(), echo=lambda _: None)
+    if scenario == "moved_on_a_later_date":
+        run(export("F1"), db, D(2026, 1, 1), D(2026, 1, 2))
+        run(export("F2"), db, D(2026, 1, 3), D(2026, 1, 4))
+    elif scenario == "moved_between_two_runs_of_a_date":
+        run_facility(export("F1"), D(2026, 1, 1), "F1")
+        run_facility(export("F2"), D(2026, 1, 1), "F2")
+        run(export("F2"), db, D(2026, 1, 2), D(2026, 1, 4))
+    else:
+        run(export("F1"), db, D(2026, 1, 1), D(2026, 1, 2))
+        run_facility(export("F2"), D(2026, 1, 3), "F2")
+        run(export("F2"), db, D(2026, 1, 4), D(2026, 1, 4))
+
+    def ends():
+        with duckdb.connect(str(db), read_only=True) as conn:
+            return conn.sql("SELECT * FROM contract_status_log WHERE status IS NULL ORDER BY ALL").fetchall()
+    written, before = ends(), daily(db)
+    assert len(written) == 1
     with duckdb.connect(str(db)) as conn:  # as the earlier version left it
-        assert conn.sql("SELECT count(*) FROM contract_status_log WHERE status IS NULL").fetchall() == [(1,)]
         conn.execute("DELETE FROM contract_status_log WHERE status IS NULL")
         conn.execute("DELETE FROM warehouse_upgrades")
+    Warehouse(db).writer_path.unlink()  # the writer copy is made afresh from it
     for _ in range(2):
         with Warehouse(db).connect(echo=lambda _: None):
             pass
-    with duckdb.connect(str(db), read_only=True) as conn:
-        ends = conn.sql("SELECT business_date, facility_id FROM contract_status_log WHERE status IS NULL").fetchall()
-    assert ends == [(D(2026, 1, 3), "F1")]
+    assert ends() == written
     assert daily(db) == before
 
 
