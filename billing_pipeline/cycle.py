@@ -349,6 +349,7 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
                 _keys=customer_days.select("customer_id", "business_date", "facility_id"), _runs=runs,
                 params={"since": dues_since(conn, runs)})
     due = with_late_postings(due, late_postings(conn, customer_days, runs))
+    due = with_late_postings(due, held_pending(conn, customer_days))
     last_attempts = query(conn, """
         SELECT a.customer_id, arg_max(a.business_date, a.business_date) AS last_attempt_date,
                arg_max(a.outcome, a.business_date) AS last_outcome
@@ -431,6 +432,27 @@ def late_postings(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame, 
               AND r.business_date >= c.business_date AND q.run_at >= c.run_at
               AND coalesce(r.balance_as_of > c.posted_at, true))
         GROUP BY ALL""", _keys=keys.select("customer_id", "business_date", "facility_id"), _runs=runs, _late=late)
+
+
+def held_pending(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame) -> pl.DataFrame:
+    """customer_id, business_date, late_cents (0) of customers an earlier day held
+    `charge_pending` with dues posted for them (an earlier day's charge had no answer yet: its run
+    was killed), charged on no day since: once that day is rerun and settled, the next billing
+    bills them as `dues_posted`, as the day that held them would have. Few rows: read by the
+    hold, then matched with the batch's customers."""
+    empty = pl.DataFrame(schema={"customer_id": pl.String, "business_date": pl.Date, "late_cents": pl.Int64})
+    held = query(conn, """
+        SELECT customer_id, business_date AS held_on FROM billable_customers
+        WHERE hold_reason = 'charge_pending' AND list_contains(reasons, 'dues_posted')""")
+    if held.is_empty():
+        return empty
+    keys = customer_days.filter(pl.col("customer_id").is_in(held.get_column("customer_id").unique().implode()))
+    return query(conn, """
+        SELECT DISTINCT k.customer_id, k.business_date, 0::BIGINT AS late_cents
+        FROM _keys k JOIN _held h ON h.customer_id = k.customer_id AND h.held_on < k.business_date
+        WHERE NOT EXISTS (SELECT 1 FROM charge_requests r WHERE r.customer_id = h.customer_id
+                          AND r.business_date >= h.held_on AND r.business_date < k.business_date)""",
+                 _keys=keys.select("customer_id", "business_date"), _held=held)
 
 
 def with_late_postings(due: pl.DataFrame, late: pl.DataFrame) -> pl.DataFrame:

@@ -699,6 +699,43 @@ def test_a_period_posted_late_between_a_days_billing_and_its_charging_is_billed_
     assert balances == [(0,)]
 
 
+class ChargingCrashed(BaseException):
+    """Stands for the process dying in the gateway call, after its requests were written."""
+
+
+def test_dues_held_behind_a_killed_days_charge_are_billed_once_that_day_is_rerun(tmp_path, monkeypatch):
+    """Jan 2's charging dies after writing C1's request. Jan 3 posts K4's dues and holds C1
+    (`charge_pending`: Jan 2's charge may have gone through). Jan 2 is rerun and settles its
+    charge; the next billing, Jan 4, bills K4's dues held on Jan 3, once."""
+    import billing_pipeline.cycle as cycle
+
+    db = tmp_path / "billing.duckdb"
+    data = write_export(tmp_path / "data", facilities=[facility(timezone="UTC")],
+                        plans=[plan(), plan(plan_id="E", dues_cents=2000), plan(plan_id="W", dues_cents=700)],
+                        contracts=[contract("K1"), contract("K3", plan_id="E", start_date=D(2026, 1, 2)),
+                                   contract("K4", plan_id="W", start_date=D(2026, 1, 3))],
+                        payment_methods=[card("C1")])
+    run(data, db, D(2026, 1, 1), D(2026, 1, 1))
+
+    def crash(*args, **kwargs):
+        raise ChargingCrashed
+    with monkeypatch.context() as patched:
+        patched.setattr(cycle, "run_charges", crash)
+        with pytest.raises(ChargingCrashed):
+            run(data, db, D(2026, 1, 2), D(2026, 1, 2))
+    run(data, db, D(2026, 1, 3), D(2026, 1, 3))
+    run(data, db, D(2026, 1, 2), D(2026, 1, 2))
+    run(data, db, D(2026, 1, 4), D(2026, 1, 10))
+    assert_a_rerun_changes_nothing(data, db, D(2026, 1, 4))
+    with duckdb.connect(str(db), read_only=True) as conn:
+        held = conn.sql("SELECT hold_reason FROM billable_customers WHERE business_date = '2026-01-03'").fetchall()
+        attempts = conn.sql("SELECT business_date, amount_cents FROM billing_attempts ORDER BY ALL").fetchall()
+        balances = conn.sql("SELECT balance_cents FROM customer_balances").fetchall()
+    assert held == [("charge_pending",)]
+    assert attempts == [(D(2026, 1, 1), 5000), (D(2026, 1, 2), 2000), (D(2026, 1, 4), 700)]
+    assert balances == [(0,)]
+
+
 def test_the_ledger_check_finds_a_posting_listed_with_other_values_than_posted(tmp_path):
     """dues_postings edited by hand to another amount: the check after the run's day finds it, and
     a rerun of the day puts it right."""
