@@ -225,20 +225,20 @@ def keep_later_days(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame, rows: p
             FROM contract_status_log l SEMI JOIN touched USING (contract_id, facility_id)
             JOIN _later d ON l.facility_id = d.facility_id AND l.business_date < d.business_date
             GROUP BY ALL),
-        states AS (
+        states AS (  -- at D before and after the rerun: its row if it has one, else the last before
             SELECT t.contract_id, t.facility_id, d.next_date,
-                   CASE WHEN o.contract_id IS NOT NULL THEN o.status ELSE b.status END AS old_status,
-                   CASE WHEN o.contract_id IS NOT NULL THEN o.customer_id ELSE b.customer_id END AS old_customer,
-                   CASE WHEN n.contract_id IS NOT NULL THEN n.status ELSE b.status END AS new_status,
-                   CASE WHEN n.contract_id IS NOT NULL THEN n.customer_id ELSE b.customer_id END AS new_customer
+                   CASE WHEN o.contract_id IS NOT NULL THEN {'status': o.status, 'customer_id': o.customer_id}
+                        ELSE {'status': b.status, 'customer_id': b.customer_id} END AS old,
+                   CASE WHEN n.contract_id IS NOT NULL THEN {'status': n.status, 'customer_id': n.customer_id}
+                        ELSE {'status': b.status, 'customer_id': b.customer_id} END AS new
             FROM touched t JOIN _later d USING (facility_id)
             LEFT JOIN old o USING (contract_id, facility_id)
             LEFT JOIN _rows n USING (contract_id, facility_id)
             LEFT JOIN before b USING (contract_id, facility_id))
         SELECT s.next_date, s.facility_id, s.contract_id,
-               coalesce(s.old_customer, s.new_customer), s.old_status
+               coalesce(s.old.customer_id, s.new.customer_id), s.old.status
         FROM states s
-        WHERE (s.old_status IS DISTINCT FROM s.new_status OR s.old_customer IS DISTINCT FROM s.new_customer)
+        WHERE s.old IS DISTINCT FROM s.new
           AND NOT EXISTS (SELECT 1 FROM contract_status_log x WHERE x.facility_id = s.facility_id
                           AND x.contract_id = s.contract_id AND x.business_date = s.next_date)""",
             _later=later, _rows=rows.select("facility_id", "business_date", "contract_id", "customer_id", "status"))
@@ -348,8 +348,8 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
         GROUP BY ALL HAVING count(*) FILTER (WHERE NOT c.posted) > 0""",
                 _keys=customer_days.select("customer_id", "business_date", "facility_id"), _runs=runs,
                 params={"since": dues_since(conn, runs)})
-    due = with_late_postings(due, late_postings(conn, customer_days, runs))
-    due = with_late_postings(due, held_pending(conn, customer_days))
+    due = with_more_dues(due, late_postings(conn, customer_days, runs))
+    due = with_more_dues(due, held_pending(conn, customer_days))
     last_attempts = query(conn, """
         SELECT a.customer_id, arg_max(a.business_date, a.business_date) AS last_attempt_date,
                arg_max(a.outcome, a.business_date) AS last_outcome
@@ -395,7 +395,7 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
 
 
 def late_postings(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame, runs: pl.DataFrame) -> pl.DataFrame:
-    """customer_id, business_date, late_cents: periods a rerun posted for a facility-day after
+    """customer_id, business_date, more_cents: periods a rerun posted for a facility-day after
     its dues first posted (an export corrected: a wrong freeze, a first bill date too late), once
     the home day that counted that facility-day had billed. That home day charged the customer
     without them, and its rerun resends its first charge (one per customer and day), so the
@@ -405,7 +405,7 @@ def late_postings(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame, 
     posted (`balance_as_of`: the rerun charged a customer it had not charged before). A request
     written before that was recorded counts as holding them: never billed twice."""
     billed_before = runs.get_column("previous_billed_first_at").drop_nulls()
-    empty = pl.DataFrame(schema={"customer_id": pl.String, "business_date": pl.Date, "late_cents": pl.Int64})
+    empty = pl.DataFrame(schema={"customer_id": pl.String, "business_date": pl.Date, "more_cents": pl.Int64})
     if billed_before.is_empty():
         return empty
     # Every night reads the entries posted since the earliest previous billing (tonight's, by
@@ -421,7 +421,7 @@ def late_postings(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame, 
     return query(conn, """
         WITH homes AS (SELECT k.customer_id, k.business_date, r.run_at, r.previous_billed_first_at, r.billed_first_at
                        FROM _keys k JOIN _runs r USING (facility_id, business_date))
-        SELECT h.customer_id, h.business_date, sum(c.amount_cents)::BIGINT AS late_cents
+        SELECT h.customer_id, h.business_date, sum(c.amount_cents)::BIGINT AS more_cents
         FROM homes h JOIN _late c
           ON c.customer_id = h.customer_id AND c.business_date <= h.business_date AND c.run_at <= h.run_at
          AND c.posted_at > h.previous_billed_first_at
@@ -435,12 +435,12 @@ def late_postings(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame, 
 
 
 def held_pending(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame) -> pl.DataFrame:
-    """customer_id, business_date, late_cents (0) of customers an earlier day held
+    """customer_id, business_date, more_cents (0) of customers an earlier day held
     `charge_pending` with dues posted for them (an earlier day's charge had no answer yet: its run
     was killed), charged on no day since: once that day is rerun and settled, the next billing
     bills them as `dues_posted`, as the day that held them would have. Few rows: read by the
     hold, then matched with the batch's customers."""
-    empty = pl.DataFrame(schema={"customer_id": pl.String, "business_date": pl.Date, "late_cents": pl.Int64})
+    empty = pl.DataFrame(schema={"customer_id": pl.String, "business_date": pl.Date, "more_cents": pl.Int64})
     held = query(conn, """
         SELECT customer_id, business_date AS held_on FROM billable_customers
         WHERE hold_reason = 'charge_pending' AND list_contains(reasons, 'dues_posted')""")
@@ -448,20 +448,21 @@ def held_pending(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame) -
         return empty
     keys = customer_days.filter(pl.col("customer_id").is_in(held.get_column("customer_id").unique().implode()))
     return query(conn, """
-        SELECT DISTINCT k.customer_id, k.business_date, 0::BIGINT AS late_cents
+        SELECT DISTINCT k.customer_id, k.business_date, 0::BIGINT AS more_cents
         FROM _keys k JOIN _held h ON h.customer_id = k.customer_id AND h.held_on < k.business_date
         WHERE NOT EXISTS (SELECT 1 FROM charge_requests r WHERE r.customer_id = h.customer_id
                           AND r.business_date >= h.held_on AND r.business_date < k.business_date)""",
                  _keys=keys.select("customer_id", "business_date"), _held=held)
 
 
-def with_late_postings(due: pl.DataFrame, late: pl.DataFrame) -> pl.DataFrame:
-    """`due` with the late postings added as due and posted (a reason: dues posted)."""
-    if late.is_empty():
+def with_more_dues(due: pl.DataFrame, more: pl.DataFrame) -> pl.DataFrame:
+    """`due` with `more` (`late_postings`, `held_pending`) added as due and posted: a reason,
+    dues posted."""
+    if more.is_empty():
         return due
     keys = ["customer_id", "business_date"]
-    return (due.join(late, on=keys, how="full", coalesce=True)
-            .select(*keys, *(pl.sum_horizontal(column, "late_cents").alias(column)
+    return (due.join(more, on=keys, how="full", coalesce=True)
+            .select(*keys, *(pl.sum_horizontal(column, "more_cents").alias(column)
                              for column in ("due_cents", "posted_cents"))))
 
 

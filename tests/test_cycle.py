@@ -628,6 +628,13 @@ def test_a_period_a_rerun_posts_after_its_day_charged_is_billed_by_the_next_bill
     assert balances == [("C1", 0), ("C2", 3000)]
 
 
+def charged_and_owed(db: Path) -> tuple[list[tuple], list[tuple]]:
+    """(business_date, amount_cents) of every charge, and every customer's balance."""
+    with duckdb.connect(str(db), read_only=True) as conn:
+        return (conn.sql("SELECT business_date, amount_cents FROM billing_attempts ORDER BY ALL").fetchall(),
+                conn.sql("SELECT balance_cents FROM customer_balances ORDER BY customer_id").fetchall())
+
+
 def test_a_period_posted_late_at_a_facility_west_of_home_is_billed_by_the_homes_next_billing(tmp_path):
     """C1 (home New York) has K1 at New York and K2 at Los Angeles, both exported frozen by
     mistake. Jan 1 and 2 ran; the export is fixed and Jan 1 rerun: New York's Jan 1 charges C1
@@ -647,9 +654,7 @@ def test_a_period_posted_late_at_a_facility_west_of_home_is_billed_by_the_homes_
     data = export("active")
     run(data, db, D(2026, 1, 1), D(2026, 1, 1))
     run(data, db, D(2026, 1, 3), D(2026, 1, 10))
-    with duckdb.connect(str(db), read_only=True) as conn:
-        attempts = conn.sql("SELECT business_date, amount_cents FROM billing_attempts ORDER BY ALL").fetchall()
-        balances = conn.sql("SELECT balance_cents FROM customer_balances").fetchall()
+    attempts, balances = charged_and_owed(db)
     assert attempts == [(D(2026, 1, 1), 5000), (D(2026, 1, 3), 3000)]
     assert balances == [(0,)]
 
@@ -692,9 +697,7 @@ def test_a_period_posted_late_between_a_days_billing_and_its_charging_is_billed_
     finally:
         gateway.close()
     run(data, db, D(2026, 1, 3), D(2026, 1, 10))
-    with duckdb.connect(str(db), read_only=True) as conn:
-        attempts = conn.sql("SELECT business_date, amount_cents FROM billing_attempts ORDER BY ALL").fetchall()
-        balances = conn.sql("SELECT balance_cents FROM customer_balances").fetchall()
+    attempts, balances = charged_and_owed(db)
     assert attempts == [(D(2026, 1, 1), 5000), (D(2026, 1, 2), 2000), (D(2026, 1, 3), 3000)]
     assert balances == [(0,)]
 
@@ -729,8 +732,7 @@ def test_dues_held_behind_a_killed_days_charge_are_billed_once_that_day_is_rerun
     assert_a_rerun_changes_nothing(data, db, D(2026, 1, 4))
     with duckdb.connect(str(db), read_only=True) as conn:
         held = conn.sql("SELECT hold_reason FROM billable_customers WHERE business_date = '2026-01-03'").fetchall()
-        attempts = conn.sql("SELECT business_date, amount_cents FROM billing_attempts ORDER BY ALL").fetchall()
-        balances = conn.sql("SELECT balance_cents FROM customer_balances").fetchall()
+    attempts, balances = charged_and_owed(db)
     assert held == [("charge_pending",)]
     assert attempts == [(D(2026, 1, 1), 5000), (D(2026, 1, 2), 2000), (D(2026, 1, 4), 700)]
     assert balances == [(0,)]

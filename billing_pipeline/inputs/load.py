@@ -146,16 +146,19 @@ def convertible(source: pl.DataType, target: pl.DataType) -> bool:
     return False
 
 
+def expected(target: pl.DataType) -> str:
+    return EXPECTED.get(target, "an ISO timestamp" if isinstance(target, pl.Datetime) else str(target))
+
+
 def cast_columns(raw: pl.DataFrame, contract: TableContract, file: str, keys: pl.Series) -> pl.DataFrame:
     for name, target in contract.dtypes.items():
         source = raw.schema[name]
         if not convertible(source, target):
             values = raw.get_column(name)
-            first = int(values.is_not_null().arg_true().first() or 0) if values.len() else 0
-            shown = f" ({values.slice(first, 1).to_list()[0]!r})" if values.len() else ""
-            expected = EXPECTED.get(target, "an ISO timestamp" if isinstance(target, pl.Datetime) else str(target))
-            raise InputError(file, f"the column's type is {source}{shown}, where {expected} is expected",
-                             column=name, row_key=f"{contract.key}={keys[first]}" if values.len() else None)
+            first = values.is_not_null().arg_true().first() or 0
+            shown = f" ({values.slice(first, 1).to_list()[0]!r})" if raw.height else ""
+            raise InputError(file, f"the column's type is {source}{shown}, where {expected(target)} is expected",
+                             column=name, row_key=f"{contract.key}={keys[first]}" if raw.height else None)
     exprs = [parse_expr(n, raw.schema[n], t).alias(n) for n, t in contract.dtypes.items()]
     frame = raw.select(exprs)
     for name, target in contract.dtypes.items():
@@ -166,9 +169,8 @@ def cast_columns(raw: pl.DataFrame, contract: TableContract, file: str, keys: pl
             bad = bad & (raw.get_column(name).str.strip_chars() != "")
         if bad.any():
             first = bad.arg_true()[0]
-            expected = EXPECTED.get(target, "an ISO timestamp" if isinstance(target, pl.Datetime) else str(target))
             raise InputError(
-                file, f"{raw.get_column(name)[first]!r} is not {expected}{more(bad.sum())}",
+                file, f"{raw.get_column(name)[first]!r} is not {expected(target)}{more(bad.sum())}",
                 column=name, row_key=f"{contract.key}={keys[first]}",
             )
     return frame
