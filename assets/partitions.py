@@ -8,4 +8,6 @@ import dagster as dg
 
 from billing_pipeline.facility_clock import PARTITION_FORMAT
 
-facility_day_windows = dg.HourlyPartitionsDefinition(start_date="2026-01-01-00:00", fmt=PARTITION_FORMAT)
+# The first business date is 2026-01-01 in every zone: its earliest run, 03:00 at UTC+14
+# (Kiritimati), is 13:00 UTC the day before, in the window that starts at 12:00.
+facility_day_windows = dg.HourlyPartitionsDefinition(start_date="2025-12-31-12:00", fmt=PARTITION_FORMAT)

@@ -60,7 +60,8 @@ class RefusedDay(ValueError):
 
 
 class DayNotReady(RefusedDay):
-    """Billing asked of a facility-day whose dues posting has not finished."""
+    """A step asked of a facility-day whose earlier steps have not finished (dues posting before
+    maintenance, billing before dues posting)."""
 
 
 class SupersededDay(RefusedDay):
@@ -100,17 +101,33 @@ def refuse_superseded_billing(conn: duckdb.DuckDBPyConnection, days: pl.DataFram
                       "the next day's billing counts them.")
 
 
+def refuse_unfinished(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame, unfinished: str, message: str) -> None:
+    """Raises DayNotReady, with `message` formatted for the first of them, if any facility-day
+    (processed_days row `p`, null if none) meets `unfinished`."""
+    missing = query(conn, f"""
+        SELECT d.facility_id, d.business_date FROM _days d
+        LEFT JOIN processed_days p USING (facility_id, business_date)
+        WHERE {unfinished} ORDER BY ALL""", _days=days.select("facility_id", "business_date"))
+    if missing.height:
+        raise DayNotReady(message.format(n=missing.height, **missing.row(0, named=True)))
+
+
+def refuse_dues_before_maintenance(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame) -> None:
+    """Billing counts the dues of the processed days only: dues posted for a day whose
+    maintenance never ran (its dues step materialized alone, say) would be owed and billed by
+    no one."""
+    refuse_unfinished(conn, days, "p.facility_id IS NULL",
+                      "dues posting of {n} facility-days refused: their maintenance has not run "
+                      "(e.g. {facility_id} {business_date}); run the whole day")
+
+
 def refuse_billing_before_dues(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame) -> None:
     """Billing counts the day's dues and later days count its billing: a day whose dues step
     never finished (its billable step materialized alone, say) would bill a balance no later
     day knows was billed."""
-    missing = query(conn, """
-        SELECT d.facility_id, d.business_date FROM _days d
-        LEFT JOIN processed_days p USING (facility_id, business_date)
-        WHERE p.dues_first_posted_at IS NULL ORDER BY ALL""", _days=days.select("facility_id", "business_date"))
-    if missing.height:
-        raise DayNotReady(f"billing of {missing.height} facility-days refused: their maintenance and dues posting "
-                            f"have not finished (e.g. {missing.row(0)[0]} {missing.row(0)[1]}); run the whole day")
+    refuse_unfinished(conn, days, "p.dues_first_posted_at IS NULL",
+                      "billing of {n} facility-days refused: their maintenance and dues posting have not "
+                      "finished (e.g. {facility_id} {business_date}); run the whole day")
 
 
 def maintenance(conn: duckdb.DuckDBPyConnection, night: Night) -> dict[str, pl.DataFrame]:
@@ -248,6 +265,7 @@ def keep_later_days(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame, rows: p
 
 def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, pl.DataFrame], int]:
     """Writes the dues tables of the facility-days; returns them and how many ledger entries were new."""
+    refuse_dues_before_maintenance(conn, night.facility_days)
     processed = night.contracts
     posted = ledger.last_posted_periods(conn, processed)
     last_posted = (posted.filter(pl.col("last_bill_date").is_not_null())

@@ -1084,6 +1084,28 @@ def test_ledger_check_compares_the_ledger_with_what_happened(tmp_path):
         assert found["balance_mismatches"] == 0  # the balances moved with the forged entry: not enough alone
 
 
+def test_ledger_check_finds_entries_of_a_facility_day_that_never_ran(tmp_path):
+    """An entry dated on a facility-day with no processed_days row is in no balance a billing
+    sees: the daily audit and the check of that day find it, though customer_balances moved with it."""
+    from billing_pipeline.warehouse.ledger import ledger_problems, post_entries
+
+    data = write_export(tmp_path / "data")
+    db = tmp_path / "billing.duckdb"
+    run(data, db, D(2026, 1, 1), D(2026, 1, 1))
+    writer = duckdb.connect(str(db.with_name("billing.writer.duckdb")))
+    assert not any(f.height for f in ledger_problems(writer).values())
+    period = writer.sql("SELECT * EXCLUDE (posted_at) FROM ledger WHERE kind = 'dues' LIMIT 1").pl()
+    post_entries(writer, period.with_columns(pl.lit(D(2026, 1, 5)).alias("business_date"),
+                                             pl.lit("period|stray").alias("entry_id"),
+                                             pl.lit(D(2026, 1, 5)).alias("bill_date")))
+    day = pl.DataFrame({"facility_id": period.get_column("facility_id"), "business_date": [D(2026, 1, 5)]})
+    problems, scoped = ledger_problems(writer), ledger_problems(writer, day)
+    writer.close()
+    for found in (problems, scoped):
+        assert found["entries_of_unprocessed_days"].rows() == [(period.item(0, "facility_id"), D(2026, 1, 5), 1)]
+        assert found["balance_mismatches"].height == 0
+
+
 def test_a_change_exported_after_its_date_ran_and_one_of_an_unknown_contract_are_reported_once(tmp_path):
     """Apr 1 and 2 ran; the next export adds a thaw of K1 effective Mar 5 (K1 was never frozen)
     and a freeze of K9, which does not exist. Apr 10 reports both (K9's under the export's first

@@ -115,6 +115,18 @@ def test_schedule_runs_the_window_that_just_ended(tmp_path, now, expected):
         assert [r.partition_key for r in result.run_requests] == [expected]
 
 
+def test_the_first_business_date_has_a_window_in_every_zone():
+    """2026-01-01 runs first at 03:00 UTC+14 (Kiritimati), 13:00 UTC the day before: every zone's
+    first facility-day is in a partition, and none before it is needed."""
+    import zoneinfo
+
+    from assets.partitions import facility_day_windows
+
+    keys = {partition_key(run_instant(zone, D(2026, 1, 1))) for zone in zoneinfo.available_timezones()}
+    assert all(facility_day_windows.has_partition_key(key) for key in keys)
+    assert min(keys) == facility_day_windows.get_first_partition_key() == "2025-12-31-12:00"
+
+
 def test_half_hour_zone_facility_lands_in_its_own_window(tmp_path):
     data = write_export(tmp_path / "data", facilities=[facility(timezone="Asia/Kolkata")])
     defs = build_definitions(str(data), str(tmp_path / "billing.duckdb"))
@@ -486,6 +498,26 @@ def test_billing_of_a_day_whose_dues_never_posted_is_refused(tmp_path):
                          BILLING_ATTEMPTS, FAILED_BILLING_EVENTS])
     assert not result.success
     assert "their maintenance and dues posting have not finished (e.g. NY 2026-03-03)" in step_errors(result)
+    assert billed_and_charged(db)[1] == [(D(2026, 3, 2), 5000, "approved")]
+
+
+def test_dues_of_a_day_whose_maintenance_never_ran_are_refused(tmp_path):
+    """D's dues step materialized alone, its maintenance never run: refused, nothing posted (a
+    day not processed is counted by no billing, so its dues would be owed and never billed);
+    the whole day, run after, posts and charges them once."""
+    from assets.dues import DUE_CONTRACTS, DUES_POSTING_ERRORS, DUES_POSTINGS
+    from billing_pipeline.warehouse.store import Warehouse
+
+    defs, instance, ny, db = new_york_member_billed_on_two_days(tmp_path)
+    result = defs.resolve_job_def(NIGHTLY_JOB).execute_in_process(
+        partition_key=ny[0], instance=instance, raise_on_error=False,
+        asset_selection=[DUE_CONTRACTS, DUES_POSTINGS, DUES_POSTING_ERRORS])
+    assert not result.success
+    assert "dues posting of 1 facility-days refused: their maintenance has not run (e.g. NY 2026-03-02)" \
+        in step_errors(result)
+    with duckdb.connect(str(Warehouse(db).writer_path), read_only=True) as conn:  # not published: read the writer's
+        assert conn.sql("SELECT count(*) FROM ledger").fetchall() == [(0,)]
+    assert execute(defs, ny[0], instance).success
     assert billed_and_charged(db)[1] == [(D(2026, 3, 2), 5000, "approved")]
 
 

@@ -299,6 +299,12 @@ def ledger_problems(conn: duckdb.DuckDBPyConnection,
                    " OR p.ledger_business_date IS DISTINCT FROM s.last_business_date"
                    " OR p.ledger_paid_through IS DISTINCT FROM s.paid_through"}
             ORDER BY 1 LIMIT 100""",
+        # A billing's balance counts the entries of processed facility-days only (`ledger_sums`):
+        # an entry of a day that never ran would be owed and billed by no one.
+        "entries_of_unprocessed_days": f"""
+            {ctes} SELECT facility_id, business_date, count(*) AS entries
+            FROM batch ANTI JOIN processed_days USING (facility_id, business_date)
+            GROUP BY ALL ORDER BY ALL LIMIT 100""",
         "periods_posted_on_two_days": f"""
             {ctes} SELECT contract_id, bill_date, count(DISTINCT business_date) AS days FROM dues_postings {posted}
             GROUP BY ALL HAVING count(DISTINCT business_date) > 1 ORDER BY ALL LIMIT 100""",
