@@ -15,8 +15,12 @@ DAY = dt.date(2026, 3, 2)
 
 
 def warehouse(tmp_path):
+    """A warehouse in which F1 ran every day of 2026 (the ledger check finds entries of a
+    facility-day that never ran)."""
     conn = duckdb.connect(str(tmp_path / "w.duckdb"))
     conn.execute(resources.files("billing_pipeline.warehouse").joinpath("schema.sql").read_text())
+    conn.execute("INSERT INTO processed_days (facility_id, business_date) "
+                 "SELECT 'F1', d::DATE FROM range(DATE '2026-01-01', DATE '2027-01-01', INTERVAL 1 DAY) t(d)")
     return conn
 
 
