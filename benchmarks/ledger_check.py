@@ -44,8 +44,11 @@ def grow(conn: duckdb.DuckDBPyConnection, months: int) -> None:
         conn.execute(f"""
             INSERT INTO ledger SELECT entry_id || '|h{k}', business_date - INTERVAL {k} MONTH, facility_id,
                    customer_id, kind, amount_cents, contract_id, bill_date - INTERVAL {k} MONTH,
-                   idempotency_key || '|h{k}', product_id, posted_at
+                   idempotency_key || '|h{k}', product_id, posted_at, period_end - INTERVAL {k} MONTH
             FROM ledger WHERE entry_id NOT LIKE '%|h%'""")
+    # The history's facility-days ran, as in a real warehouse (the check finds entries of days that did not).
+    conn.execute("""INSERT INTO processed_days (facility_id, business_date)
+                    SELECT DISTINCT facility_id, business_date FROM ledger ANTI JOIN processed_days USING (facility_id, business_date)""")
     match_ledger_state(conn)
     conn.execute("CHECKPOINT")
 
