@@ -1092,16 +1092,23 @@ def test_a_warehouse_from_before_the_billing_stamps_makes_up_no_sweep(tmp_path):
         assert conn.sql("SELECT count(*) FROM billable_customers").fetchall() == [(0,)]
 
 
+def writer_after_a_clean_day(tmp_path):
+    """The writer file after Jan 1 ran on the default export, its ledger check clean."""
+    from billing_pipeline.warehouse.ledger import ledger_problems
+
+    db = tmp_path / "billing.duckdb"
+    run(write_export(tmp_path / "data"), db, D(2026, 1, 1), D(2026, 1, 1))
+    writer = duckdb.connect(str(db.with_name("billing.writer.duckdb")))
+    assert not any(f.height for f in ledger_problems(writer).values())
+    return writer
+
+
 def test_ledger_check_compares_the_ledger_with_what_happened(tmp_path):
     """A payment posted twice under another key, or a posting that never reached the ledger,
     is found even though customer_balances moved with the ledger."""
     from billing_pipeline.warehouse.ledger import ledger_problems, post_entries
 
-    data = write_export(tmp_path / "data")
-    db = tmp_path / "billing.duckdb"
-    run(data, db, D(2026, 1, 1), D(2026, 1, 1))
-    writer = duckdb.connect(str(db.with_name("billing.writer.duckdb")))
-    assert not any(f.height for f in ledger_problems(writer).values())
+    writer = writer_after_a_clean_day(tmp_path)
     payment = writer.sql("SELECT * EXCLUDE (posted_at) FROM ledger WHERE kind = 'billing_payment'").pl()
     post_entries(writer, payment.with_columns(pl.lit("payment|forged").alias("entry_id"),
                                               pl.lit("forged").alias("idempotency_key")))
@@ -1123,11 +1130,7 @@ def test_ledger_check_finds_entries_of_a_facility_day_that_never_ran(tmp_path):
     sees: the daily audit and the check of that day find it, though customer_balances moved with it."""
     from billing_pipeline.warehouse.ledger import ledger_problems, post_entries
 
-    data = write_export(tmp_path / "data")
-    db = tmp_path / "billing.duckdb"
-    run(data, db, D(2026, 1, 1), D(2026, 1, 1))
-    writer = duckdb.connect(str(db.with_name("billing.writer.duckdb")))
-    assert not any(f.height for f in ledger_problems(writer).values())
+    writer = writer_after_a_clean_day(tmp_path)
     period = writer.sql("SELECT * EXCLUDE (posted_at) FROM ledger WHERE kind = 'dues' LIMIT 1").pl()
     post_entries(writer, period.with_columns(pl.lit(D(2026, 1, 5)).alias("business_date"),
                                              pl.lit("period|stray").alias("entry_id"),
