@@ -269,7 +269,7 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
     processed = night.contracts
     posted = ledger.last_posted_periods(conn, processed)
     last_posted = (posted.filter(pl.col("last_bill_date").is_not_null())
-                   .select("contract_id", "last_bill_date", "paid_through", "first_posted_bill_date"))
+                   .select("contract_id", "last_bill_date", "paid_through"))
     # A rerun's (or a late day's) contracts: the periods its date, and later ones, posted already.
     since = posted.filter(pl.col("posted_since")).select("contract_id")
     rerun = processed.select("contract_id", "business_date")
@@ -278,14 +278,12 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
     own = ledger.periods_posted_since(conn, rerun)
     out = {name: frame.collect() for name, frame in dues.post_dues(
         processed.lazy(), last_posted.lazy(), night.timeline.lazy(), night.duplicates.lazy(),
-        own.lazy() if own.height else None, lambda keys: ledger.periods_in_ledger(conn, keys),
-        lambda days: ledger.periods_of(conn, days)).items()}
+        own.lazy() if own.height else None, lambda keys: ledger.periods_in_ledger(conn, keys)).items()}
     out["dues_postings"] = out["dues_postings"].with_columns(
         ledger.period_entry_id(pl.col("contract_id"), pl.col("bill_date")).alias("entry_id"))
     # The periods of a contract with nothing posted on this date or later come after every
-    # period it has in the ledger, or were looked up there (a series opened at its start): new by
-    # construction, a plain INSERT (the primary key refuses one that is not: a wrong
-    # contract_periods fails the night instead of skipping a period).
+    # period it has in the ledger: new by construction, a plain INSERT (the primary key refuses
+    # one that is not: a wrong contract_periods fails the night instead of skipping a period).
     # The others (a rerun, a late day) may be posted already: those that are, are left out. (A
     # period before the latest one posted, `dues.opened_back`, the rules looked up in the ledger.)
     maybe_posted = pl.col("contract_id").is_in(since.get_column("contract_id").implode())

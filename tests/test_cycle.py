@@ -422,40 +422,6 @@ def test_a_schedule_edited_between_nights_does_not_bill_paid_time_again(tmp_path
     assert_a_rerun_changes_nothing(data, db, D(2026, 4, 20))
 
 
-@pytest.mark.parametrize("rerun_first", [False, True])
-@pytest.mark.parametrize("edit, expected", [
-    # Dec 20-Jan 19: 15 of its 31 days paid (Jan 5-19); Jan 20: 16 of 31 paid, not posted.
-    ("start_date", [(D(2025, 12, 20), D(2026, 1, 19)), (D(2026, 1, 5), D(2026, 2, 4)), (D(2026, 2, 20), D(2026, 3, 19))]),
-    # Jan 3-Feb 2: 29 of 31 paid (Jan 5-Feb 2), not posted; Feb 3 posts.
-    ("first_bill_date", [(D(2026, 1, 5), D(2026, 2, 4)), (D(2026, 2, 3), D(2026, 3, 2))]),
-])
-def test_a_series_edited_to_start_before_its_first_period_posts_the_unpaid_period_on_any_night(
-        tmp_path, edit, expected, rerun_first):
-    """K1 starts Jan 5 and posts Jan 5 (paid Jan 5-Feb 4); the export moves its start (or first
-    bill date) earlier. The period before the first one posted posts when mostly unpaid (SPEC
-    1.3: every bill date up to D not posted), on the next night as on a rerun of a day before
-    it: the days run and the export decide what posts, not the order."""
-    def export(**fields):
-        return write_export(tmp_path / "data", facilities=[facility(timezone="UTC")],
-                            plans=[plan(schedule="contract")],
-                            contracts=[contract("K1", start_date=fields.pop("start_date", D(2026, 1, 5)), **fields)])
-    db = tmp_path / "billing.duckdb"
-    run(export(), db, D(2026, 1, 3), D(2026, 1, 6))
-    data = export(start_date=D(2025, 12, 20)) if edit == "start_date" else export(start_date=D(2026, 1, 1),
-                                                                                 first_bill_date=D(2026, 1, 3))
-    if rerun_first:
-        run(data, db, D(2026, 1, 4), D(2026, 1, 4))
-    # The nights near the dates that matter (the nights between are caught up by the next).
-    summaries = run(data, db, D(2026, 1, 7), D(2026, 1, 8)) + run(data, db, D(2026, 2, 19), D(2026, 2, 21))
-    assert all(s.ledger_problems == {name: 0 for name in s.ledger_problems} for s in summaries)
-    with duckdb.connect(str(db), read_only=True) as conn:
-        dues = conn.sql("SELECT bill_date, period_end FROM ledger WHERE kind = 'dues' ORDER BY 1").fetchall()
-        errors = conn.sql("SELECT count(*) FROM dues_posting_errors").fetchall()
-        owed = conn.sql("SELECT balance_cents FROM customer_balances").fetchall()
-    assert dues == expected and errors == [(0,)] and owed == [(0,)]
-    assert_a_rerun_changes_nothing(data, db, D(2026, 2, 21))
-
-
 @pytest.mark.parametrize("monthly_day, expected", [
     (1, [(D(2026, 2, 1), D(2026, 2, 6)), (D(2026, 3, 1), D(2026, 3, 1))]),  # Feb 1: 8 of 28 days paid
     (26, [(D(2026, 2, 26), D(2026, 2, 26))]),  # Jan 26 is a week posted: a bill date posts once

@@ -99,7 +99,7 @@ def test_the_last_posted_period_comes_from_the_state_or_for_a_rerun_from_the_led
         ledger.post_entries(conn, entries(("p1", "C1", 500, "K1", DAY)))
     with transaction(conn):
         ledger.post_entries(conn, entries(("p2", "C1", 500, "K1", april), day=april))
-    assert conn.execute("SELECT * FROM contract_periods").fetchall() == [("K1", april, april, april_end, DAY)]
+    assert conn.execute("SELECT * FROM contract_periods").fetchall() == [("K1", april, april, april_end)]
     assert last_posted(conn, ("K1", dt.date(2026, 4, 2))) == {"K1": april_end}
     assert last_posted(conn, ("K1", april)) == {"K1": march_end}  # a rerun of April 1
     assert last_posted(conn, ("K1", dt.date(2026, 3, 15))) == {"K1": march_end}  # a day run late
@@ -111,16 +111,15 @@ def test_the_last_posted_period_comes_from_the_state_or_for_a_rerun_from_the_led
     assert posted_since(conn, "K2", april) == {}
     # a contract asked for twice (two dates) gets one row, the latest of both, as from the ledger
     twice = pl.DataFrame({"contract_id": ["K1", "K1"], "business_date": [april, dt.date(2026, 4, 2)]})
-    assert ledger.last_posted_periods(conn, twice).rows() == [("K1", april, april_end, DAY, True)]
+    assert ledger.last_posted_periods(conn, twice).rows() == [("K1", april, april_end, True)]
 
     conn.execute("DROP TABLE contract_periods")
     create_schema(conn)
-    assert conn.execute("SELECT * FROM contract_periods").fetchall() == [("K1", april, april, april_end, DAY)]
+    assert conn.execute("SELECT * FROM contract_periods").fetchall() == [("K1", april, april, april_end)]
     assert not any(frame.height for frame in ledger.ledger_problems(conn).values())
 
     day = pl.DataFrame({"facility_id": ["F1"], "business_date": [april]})
-    for edit in ("last_bill_date = DATE '2026-03-02'", f"paid_through = DATE '{march_end}'",
-                 "first_bill_date = DATE '2026-04-02'"):
+    for edit in ("last_bill_date = DATE '2026-03-02'", f"paid_through = DATE '{march_end}'"):
         conn.execute(f"UPDATE contract_periods SET {edit}")
         assert ledger.ledger_problems(conn)["contract_periods_mismatches"].height == 1, edit
         # the check after the April 1 run (its periods only) finds it too
@@ -129,25 +128,20 @@ def test_the_last_posted_period_comes_from_the_state_or_for_a_rerun_from_the_led
         create_schema(conn)  # made again from the ledger
 
 
-@pytest.mark.parametrize("old_columns", [
-    "last_bill_date DATE NOT NULL, last_business_date DATE NOT NULL",  # before periods had an end
-    "last_bill_date DATE NOT NULL, last_business_date DATE NOT NULL, paid_through DATE NOT NULL",  # no first
-])
-def test_periods_of_an_older_ledger_without_an_end_are_paid_through_their_bill_date(tmp_path, old_columns):
-    """A file written before periods had an end (or before the first period was kept): its
-    contract_periods is made again from the ledger at the next open, and an entry without an end
-    counts its bill date as paid (the window opens after it, as that version did)."""
+def test_periods_of_an_older_ledger_without_an_end_are_paid_through_their_bill_date(tmp_path):
+    """A file written before periods had an end: its contract_periods, without paid_through, is
+    made again from the ledger at the next open, and an entry without an end counts its bill
+    date as paid (the window opens after it, as that version did)."""
     conn = warehouse(tmp_path)
     with transaction(conn):
-        ledger.post_entries(conn, entries(("p1", "C1", 500, "K1", DAY, None), ("p2", "C2", 500, "K2", DAY),
-                                          ("p3", "C2", 500, "K2", DAY - dt.timedelta(days=28))))
+        ledger.post_entries(conn, entries(("p1", "C1", 500, "K1", DAY, None), ("p2", "C2", 500, "K2", DAY)))
     conn.execute("DROP TABLE contract_periods")
-    conn.execute(f"CREATE TABLE contract_periods (contract_id VARCHAR PRIMARY KEY, {old_columns})")
-    conn.execute(f"INSERT INTO contract_periods VALUES ('K1', {', '.join(['$d'] * (old_columns.count(',') + 1))})",
-                 {"d": DAY})
+    conn.execute("CREATE TABLE contract_periods (contract_id VARCHAR PRIMARY KEY, last_bill_date DATE NOT NULL, "
+                 "last_business_date DATE NOT NULL)")
+    conn.execute("INSERT INTO contract_periods VALUES ('K1', $d, $d)", {"d": DAY})
     create_schema(conn)
     assert conn.execute("SELECT * FROM contract_periods ORDER BY 1").fetchall() == [
-        ("K1", DAY, DAY, DAY, DAY), ("K2", DAY, DAY, month_end(DAY), DAY - dt.timedelta(days=28))]
+        ("K1", DAY, DAY, DAY), ("K2", DAY, DAY, month_end(DAY))]
     assert last_posted(conn, ("K1", DAY + dt.timedelta(days=1))) == {"K1": DAY}
     assert not any(frame.height for frame in ledger.ledger_problems(conn).values())
 

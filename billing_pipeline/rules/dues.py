@@ -34,9 +34,6 @@ EXPANSION_CAP = 400
 
 # Which of some (contract_id, bill_date) the ledger has: a lookup the cycle passes to the rules.
 InLedger = Callable[[pl.DataFrame], pl.DataFrame]
-# Every period the ledger has of some (contract_id, business_date): contract_id, business_date,
-# posted_bill_date, posted_period_end (`ledger.periods_of`).
-PostedPeriods = Callable[[pl.DataFrame], pl.DataFrame]
 
 DUE_COLUMNS = ["business_date", "facility_id", "contract_id", "customer_id", "bill_date", "period_end", "kind",
                "amount_cents"]
@@ -142,8 +139,8 @@ def data_errors(processed: pl.LazyFrame, duplicate_customers: pl.LazyFrame) -> p
 
 
 def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl.LazyFrame,
-                posted_since: pl.LazyFrame | None = None, in_ledger: InLedger | None = None,
-                posted_periods: PostedPeriods | None = None) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+                posted_since: pl.LazyFrame | None = None,
+                in_ledger: InLedger | None = None) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Unposted periods up to the business date, and contracts with too many of them.
 
     `processed` must be free of plan errors (it needs the plan's schedule). `last_posted`:
@@ -154,9 +151,7 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
     posted on the business date or later, of a rerun's contracts (or a day's run late). Those are
     not unposted, so not counted against the limit; and a period half or more paid by them and
     the latest one posted before (`stand_ins`) is dropped. `in_ledger`: which of some
-    (contract_id, bill_date) the ledger has (`opened_back`). `posted_periods`: every period
-    of some contracts (`opened_at_start`; without it the series is not opened before the first
-    period posted).
+    (contract_id, bill_date) the ledger has (`opened_back`).
     Returns (periods with kind, amount and period_end, too_many_missed_periods errors).
     """
     # Nothing bills from a termination or conclusion on: the window ends the day before. A contract
@@ -183,14 +178,11 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
         .pipe(bill_dates.with_schedule)
         .pipe(bill_dates.with_count_between, "last_bill_date", "through", "n_dates")
         .pipe(with_date_back)
-        .pipe(with_start_back, posted_periods is not None)
-        .filter((pl.col("n_dates") > 0) | pl.col("_date_back") | pl.col("_start_back"))
+        .filter((pl.col("n_dates") > 0) | pl.col("_date_back"))
     ).collect()
-    plain = ~pl.col("_date_back") & ~pl.col("_start_back")
     windows = (
-        pl.concat([windows.filter(plain).with_columns(pl.col("last_bill_date").alias("window_after")),
-                   opened_back(windows.filter(pl.col("_date_back") & ~pl.col("_start_back")), alive, in_ledger),
-                   opened_at_start(windows.filter(pl.col("_start_back")))], how="vertical")
+        pl.concat([windows.filter(~pl.col("_date_back")).with_columns(pl.col("last_bill_date").alias("window_after")),
+                   opened_back(windows.filter(pl.col("_date_back")), alive, in_ledger)], how="vertical")
         .drop("_date_back").lazy().filter(pl.col("n_dates") > 0)
         .join(alive.select(carried), on=["contract_key", "business_date"])
     ).collect().lazy()
@@ -209,14 +201,10 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
                       .otherwise(pl.col("freeze_fee_cents")).alias("amount_cents"),
                       (pl.col("next_bill_date") - pl.duration(days=1)).alias("period_end"))
         # (Only after an edit of the schedule: on every other night paid_through is the day
-        # before the next bill date, and nothing is paid of the periods in the window.) A period
-        # of a series opened at its start, before the latest bill date posted, is measured
-        # against every period posted, below.
-        .with_columns((pl.col("_start_back") & (pl.col("bill_date") < pl.col("last_bill_date"))).alias("_early"))
-        .filter(pl.col("_early") | ~mostly_paid(pl.col("bill_date"), pl.col("paid_through")))
-        .select(*DUE_COLUMNS, "contract_key", "_early")
-    ).collect()
-    periods = without_posted_early(periods, posted_periods, windows).select(*DUE_COLUMNS, "contract_key").lazy()
+        # before the next bill date, and nothing is paid of the periods in the window.)
+        .filter(~mostly_paid(pl.col("bill_date"), pl.col("paid_through")))
+        .select(*DUE_COLUMNS, "contract_key")
+    ).collect().lazy()
     unposted = periods
     if posted_since is not None:
         rerun = posted_since.select("contract_id", "business_date").unique()
@@ -248,15 +236,15 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
 
 def post_dues(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl.LazyFrame,
               duplicate_customers: pl.LazyFrame, posted_since: pl.LazyFrame | None = None,
-              in_ledger: InLedger | None = None, posted_periods: PostedPeriods | None = None) -> dict[str, pl.LazyFrame]:
+              in_ledger: InLedger | None = None) -> dict[str, pl.LazyFrame]:
     """due_contracts (before holds), dues_postings and dues_posting_errors for the facility-days.
 
     `processed` carries `status`, the contract's status on the business date. `posted_since`,
-    `in_ledger`, `posted_periods`: see `due_periods`.
+    `in_ledger`: see `due_periods`.
     """
     errors = data_errors(processed, duplicate_customers).collect().lazy()
     schedulable = processed.filter(pl.col("plan_known"))
-    periods, too_many = due_periods(schedulable, last_posted, timeline, posted_since, in_ledger, posted_periods)
+    periods, too_many = due_periods(schedulable, last_posted, timeline, posted_since, in_ledger)
     in_effect_today = processed.filter(pl.col("status").is_in(IN_EFFECT)).select("contract_key")
     has_periods = periods.select("contract_key").unique()
     alive = processed.filter(pl.col("exported_status").is_in(ALIVE)).select("contract_key")
@@ -289,54 +277,6 @@ def with_date_back(windows: pl.LazyFrame) -> pl.LazyFrame:
                        & (pl.col("paid_through") > pl.col("last_bill_date"))).fill_null(False).alias("_date_back"))
         .drop("_paid_next", "_k_paid_next")
     )
-
-
-def with_start_back(windows: pl.LazyFrame, enabled: bool) -> pl.LazyFrame:
-    """Adds `_start_back`: the series starts before the first bill date posted, on or before
-    `through` (its start date or first bill date was edited to an earlier one). The dates before
-    the latest one posted are then looked at too (`opened_at_start`): SPEC 1.3 posts every bill
-    date up to D not posted, so such a date posts on any night, not only on a rerun of a day
-    before the first period. (On every other night the series starts on the first date posted.)"""
-    first = pl.coalesce("extra_first", "anchor")
-    if not enabled:
-        return windows.with_columns(pl.lit(False).alias("_start_back"))
-    return windows.with_columns(((first < pl.col("first_posted_bill_date")) & (first <= pl.col("through")))
-                                .fill_null(False).alias("_start_back"))
-
-
-def opened_at_start(windows: pl.DataFrame) -> pl.DataFrame:
-    """The windows of `with_start_back` contracts opened to the series' start (`window_after`
-    the day before it), and counted again. One that would hold more than EXPANSION_CAP dates
-    (its start moved back years) stays as it was: not an error, as its early dates may all be
-    frozen or paid."""
-    opened = (
-        windows.lazy()
-        .with_columns((pl.coalesce("extra_first", "anchor") - pl.duration(days=1)).alias("window_after"))
-        .drop("_lo", "_hi", "n_dates")
-        .pipe(bill_dates.with_count_between, "window_after", "through", "n_dates")
-        .select(windows.columns + ["window_after"]).collect()
-    )
-    too_long = opened.get_column("n_dates") > EXPANSION_CAP  # row for row with `windows`
-    return pl.concat([opened.filter(~too_long),
-                      windows.filter(too_long).with_columns(pl.col("last_bill_date").alias("window_after"),
-                                                            pl.lit(False).alias("_start_back"))])
-
-
-def without_posted_early(periods: pl.DataFrame, posted_periods: PostedPeriods | None,
-                         windows: pl.LazyFrame) -> pl.DataFrame:
-    """`periods` less the early ones (`_early`: of a series opened at its start, before the latest
-    bill date posted) that are posted already (a bill date posts once) or half or more paid by
-    the periods posted (`stand_ins`, against every period of the contract)."""
-    early = periods.filter(pl.col("_early"))
-    if early.is_empty() or posted_periods is None:
-        return periods.filter(~pl.col("_early"))
-    posted = posted_periods(early.select("contract_id", "business_date").unique())
-    dropped = pl.concat([
-        early.join(posted.select("contract_id", "business_date", pl.col("posted_bill_date").alias("bill_date")),
-                   on=["contract_id", "business_date", "bill_date"], how="semi").select("contract_id", "bill_date"),
-        stand_ins(early.lazy(), posted.lazy(), windows.select("contract_id", "business_date", "frequency")).collect(),
-    ])
-    return periods.join(dropped, on=["contract_id", "bill_date"], how="anti")
 
 
 def opened_back(windows: pl.DataFrame, alive: pl.LazyFrame, in_ledger: InLedger | None) -> pl.DataFrame:

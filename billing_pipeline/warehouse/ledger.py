@@ -79,15 +79,6 @@ def post_entries(conn: duckdb.DuckDBPyConnection, entries: pl.DataFrame) -> int:
     return inserted.num_rows
 
 
-def periods_of(conn: duckdb.DuckDBPyConnection, contract_days: pl.DataFrame) -> pl.DataFrame:
-    """contract_id, business_date, posted_bill_date, posted_period_end: every period the ledger
-    has of the contracts (of a few: a hash join over the ledger)."""
-    return query(conn, f"""
-        SELECT d.contract_id, d.business_date, l.bill_date AS posted_bill_date, l.period_end AS posted_period_end
-        FROM ledger l JOIN _days d USING (contract_id) WHERE l.kind IN {PERIOD_KINDS_SQL}""",
-                 _days=contract_days.select("contract_id", "business_date").unique())
-
-
 def posted_by_other_days(conn: duckdb.DuckDBPyConnection, postings: pl.DataFrame) -> pl.DataFrame:
     """contract_id, bill_date of the dues `postings` (with their entry_id) whose period is in the
     ledger under another facility-day than the posting's."""
@@ -200,7 +191,7 @@ def ledger_sums(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame) ->
 
 def last_posted_periods(conn: duckdb.DuckDBPyConnection, contract_days: pl.DataFrame) -> pl.DataFrame:
     """Per contract with a period in the ledger: `last_bill_date`, the latest bill date posted
-    before the business date, `first_posted_bill_date`, the first, and `paid_through`, the last day the periods posted before it
+    before the business date, and `paid_through`, the last day the periods posted before it
     cover (both null if none; for a rerun, paid_through is null too when those entries were
     written before periods had an end), and `posted_since`, whether a period of it was
     posted on that date or later (a day rerun, or run late). From contract_periods when its
@@ -208,19 +199,18 @@ def last_posted_periods(conn: duckdb.DuckDBPyConnection, contract_days: pl.DataF
     entries otherwise. (A rerun recomputes its date's periods: those it posted are posted
     already, one it skipped posts now, one standing in for a posted one does not, `dues.stand_ins`.)"""
     return query(conn, f"""
-        WITH known AS (SELECT c.contract_id, c.business_date, s.last_bill_date, s.paid_through, s.last_business_date,
-                              s.first_bill_date
+        WITH known AS (SELECT c.contract_id, c.business_date, s.last_bill_date, s.paid_through, s.last_business_date
                        FROM _days c JOIN contract_periods s USING (contract_id)),
         rerun AS (SELECT contract_id, business_date FROM known WHERE last_business_date >= business_date),
-        found AS (SELECT contract_id, last_bill_date, paid_through, first_bill_date, false AS since FROM known
+        found AS (SELECT contract_id, last_bill_date, paid_through, false AS since FROM known
                   WHERE last_business_date < business_date
                   UNION ALL
-                  SELECT contract_id, NULL, NULL, NULL, true FROM rerun
+                  SELECT contract_id, NULL, NULL, true FROM rerun
                   UNION ALL
-                  SELECT l.contract_id, l.bill_date, l.period_end, l.bill_date, true FROM ledger l JOIN rerun c USING (contract_id)
+                  SELECT l.contract_id, l.bill_date, l.period_end, true FROM ledger l JOIN rerun c USING (contract_id)
                   WHERE l.kind IN {PERIOD_KINDS_SQL} AND l.business_date < c.business_date)
         SELECT contract_id, max(last_bill_date) AS last_bill_date, max(paid_through) AS paid_through,
-               min(first_bill_date) AS first_posted_bill_date, bool_or(since) AS posted_since
+               bool_or(since) AS posted_since
         FROM found GROUP BY contract_id""", _days=contract_days.select("contract_id", "business_date"))
 
 
@@ -297,21 +287,17 @@ def ledger_problems(conn: duckdb.DuckDBPyConnection,
         "contract_periods_mismatches": f"""
             {ctes}, periods AS (SELECT contract_id, max(bill_date) AS ledger_bill_date,
                                        max(business_date) AS ledger_business_date,
-                                       max({PERIOD_END_SQL}) AS ledger_paid_through,
-                                       min(bill_date) AS ledger_first_bill_date
+                                       max({PERIOD_END_SQL}) AS ledger_paid_through
                                 FROM {"batch" if scoped else "ledger"} WHERE kind IN {PERIOD_KINDS_SQL} GROUP BY contract_id)
             SELECT coalesce(p.contract_id, s.contract_id) AS contract_id, p.ledger_bill_date, s.last_bill_date,
-                   p.ledger_business_date, s.last_business_date, p.ledger_paid_through, s.paid_through,
-                   p.ledger_first_bill_date, s.first_bill_date
+                   p.ledger_business_date, s.last_business_date, p.ledger_paid_through, s.paid_through
             FROM periods p {"LEFT" if scoped else "FULL"} JOIN contract_periods s USING (contract_id)
             WHERE {"s.contract_id IS NULL OR s.last_bill_date < p.ledger_bill_date"
                    " OR s.last_business_date < p.ledger_business_date OR s.paid_through < p.ledger_paid_through"
-                   " OR s.first_bill_date > p.ledger_first_bill_date"
                    if scoped else
                    "p.ledger_bill_date IS DISTINCT FROM s.last_bill_date"
                    " OR p.ledger_business_date IS DISTINCT FROM s.last_business_date"
-                   " OR p.ledger_paid_through IS DISTINCT FROM s.paid_through"
-                   " OR p.ledger_first_bill_date IS DISTINCT FROM s.first_bill_date"}
+                   " OR p.ledger_paid_through IS DISTINCT FROM s.paid_through"}
             ORDER BY 1 LIMIT 100""",
         # A billing's balance counts the entries of processed facility-days only (`ledger_sums`):
         # an entry of a day that never ran would be owed and billed by no one.

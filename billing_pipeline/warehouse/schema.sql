@@ -58,13 +58,12 @@ CREATE TABLE IF NOT EXISTS customer_balances (
 
 -- Per contract: the latest dues / freeze fee period in the ledger, the last day its periods
 -- cover (paid_through: a later period half or more paid by then does not post) and the latest business date that
--- posted one, and the first period's bill date (a schedule edited to start earlier opens the series
--- before it, `dues.opened_at_start`), moved in the same transaction as the ledger: a night reads it instead of every
+-- posted one, moved in the same transaction as the ledger: a night reads it instead of every
 -- period ever posted (`ledger.last_posted_periods`). Caught up with entries posted by anything
 -- else at every open (`state.CATCH_UPS`); the daily audit checks it against the ledger.
 CREATE TABLE IF NOT EXISTS contract_periods (
     contract_id VARCHAR PRIMARY KEY, last_bill_date DATE NOT NULL, last_business_date DATE NOT NULL,
-    paid_through DATE NOT NULL, first_bill_date DATE NOT NULL);
+    paid_through DATE NOT NULL);
 
 -- How far each state table above has taken in the history (write time of the latest row).
 CREATE TABLE IF NOT EXISTS state_caught_up (state_table VARCHAR PRIMARY KEY, caught_up_to TIMESTAMPTZ NOT NULL);

@@ -216,10 +216,10 @@ def create_schema(conn: duckdb.DuckDBPyConnection) -> None:
     history (`state.CATCH_UPS`), in one transaction."""
     with transaction(conn):
         existing = {name for (name,) in conn.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-        for table, needed in REBUILT_WITHOUT.items():
+        for table, column in REBUILT_WITHOUT.items():
             columns = {name for (name,) in conn.execute(
                 "SELECT column_name FROM duckdb_columns() WHERE table_name = $t", {"t": table}).fetchall()}
-            if table in existing and not set(needed) <= columns:
+            if table in existing and column not in columns:
                 conn.execute(f"DROP TABLE {table}")
                 existing.discard(table)
         conn.execute(resources.files("billing_pipeline.warehouse").joinpath("schema.sql").read_text())
