@@ -176,11 +176,13 @@ def mark_processed(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame) -> None:
         FROM _days d WHERE p.facility_id = d.facility_id AND p.business_date = d.business_date""", _days=days)
 
 
-def stamp_first(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame, column: str) -> None:
-    """Sets `column` of processed_days to now where it is not set yet (call inside the step's transaction)."""
+def stamp(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame, column: str, first: bool = False) -> None:
+    """Sets `column` of processed_days to now, with `first` only where it is not set yet (call
+    inside the step's transaction)."""
+    unset = f"AND p.{column} IS NULL" if first else ""
     execute(conn, f"""
         UPDATE processed_days p SET {column} = now() FROM _days d
-        WHERE p.facility_id = d.facility_id AND p.business_date = d.business_date AND p.{column} IS NULL""",
+        WHERE p.facility_id = d.facility_id AND p.business_date = d.business_date {unset}""",
             _days=days.select("facility_id", "business_date"))
 
 
@@ -310,7 +312,7 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
             replace_facility_days(conn, table, out[table], night.facility_days)
         new_entries = (ledger.post_new_entries(conn, entries.filter(~maybe_posted))
                        + ledger.post_entries(conn, entries.filter(maybe_posted)))
-        stamp_first(conn, night.facility_days, "dues_first_posted_at")
+        stamp(conn, night.facility_days, "dues_first_posted_at", first=True)
     return out, new_entries
 
 
@@ -405,11 +407,13 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
     with transaction(conn):
         for table, frame in out.items():
             replace_facility_days(conn, table, frame, night.facility_days)
-        stamp_first(conn, night.facility_days, "billed_first_at")
-        execute(conn, """UPDATE processed_days p SET billed_last_at = now() FROM _days d
-                         WHERE p.facility_id = d.facility_id AND p.business_date = d.business_date""",
-                _days=night.facility_days.select("facility_id", "business_date"))
+        stamp(conn, night.facility_days, "billed_first_at", first=True)
+        stamp(conn, night.facility_days, "billed_last_at")
     return out
+
+
+# What `late_postings` and `held_pending` add to a customer-day's dues (`with_more_dues`).
+MORE_DUES_SCHEMA = {"customer_id": pl.String, "business_date": pl.Date, "more_cents": pl.Int64}
 
 
 def late_postings(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame, runs: pl.DataFrame) -> pl.DataFrame:
@@ -423,7 +427,7 @@ def late_postings(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame, 
     posted (`balance_as_of`: the rerun charged a customer it had not charged before). A request
     written before that was recorded counts as holding them: never billed twice."""
     billed_before = runs.get_column("previous_billed_first_at").drop_nulls()
-    empty = pl.DataFrame(schema={"customer_id": pl.String, "business_date": pl.Date, "more_cents": pl.Int64})
+    empty = pl.DataFrame(schema=MORE_DUES_SCHEMA)
     if billed_before.is_empty():
         return empty
     # Every night reads the entries posted since the earliest previous billing (tonight's, by
@@ -458,7 +462,7 @@ def held_pending(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame) -
     was killed), charged on no day since: once that day is rerun and settled, the next billing
     bills them as `dues_posted`, as the day that held them would have. Few rows: read by the
     hold, then matched with the batch's customers."""
-    empty = pl.DataFrame(schema={"customer_id": pl.String, "business_date": pl.Date, "more_cents": pl.Int64})
+    empty = pl.DataFrame(schema=MORE_DUES_SCHEMA)
     held = query(conn, """
         SELECT customer_id, business_date AS held_on FROM billable_customers
         WHERE hold_reason = 'charge_pending' AND list_contains(reasons, 'dues_posted')""")
