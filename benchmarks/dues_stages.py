@@ -51,7 +51,8 @@ def main() -> None:
         timed("night.timeline (+changes)", lambda: night.timeline)
         processed = timed("night.contracts (status on D)", lambda: night.contracts).lazy()
         duplicates = timed("night.duplicates", lambda: night.duplicates).lazy()
-        last = pl.LazyFrame(schema={"contract_id": pl.String, "last_bill_date": pl.Date, "paid_through": pl.Date})  # empty ledger
+        last = pl.LazyFrame(schema={"contract_id": pl.String, "last_bill_date": pl.Date, "paid_through": pl.Date,
+                                    "first_period_date": pl.Date, "posted_from": pl.Date})  # empty ledger
         timeline = night.timeline.lazy()
         timed("data_errors", lambda: dues.data_errors(processed, duplicates).collect())
         timed("due_periods (periods + too many)", lambda: pl.collect_all(list(dues.due_periods(

@@ -44,7 +44,8 @@ def grow(conn: duckdb.DuckDBPyConnection, months: int) -> None:
         conn.execute(f"""
             INSERT INTO ledger SELECT entry_id || '|h{k}', business_date - INTERVAL {k} MONTH, facility_id,
                    customer_id, kind, amount_cents, contract_id, bill_date - INTERVAL {k} MONTH,
-                   idempotency_key || '|h{k}', product_id, posted_at, period_end - INTERVAL {k} MONTH
+                   idempotency_key || '|h{k}', product_id, posted_at, period_end - INTERVAL {k} MONTH,
+                   series_from - INTERVAL {k} MONTH
             FROM ledger WHERE entry_id NOT LIKE '%|h%'""")
     # The history's facility-days ran, as in a real warehouse (the check finds entries of days that did not).
     conn.execute("""INSERT INTO processed_days (facility_id, business_date)

@@ -271,7 +271,8 @@ def post_dues(conn: duckdb.DuckDBPyConnection, night: Night) -> tuple[dict[str, 
     processed = night.contracts
     posted = ledger.last_posted_periods(conn, processed)
     last_posted = (posted.filter(pl.col("last_bill_date").is_not_null())
-                   .select("contract_id", "last_bill_date", "paid_through"))
+                   .select("contract_id", "last_bill_date", "paid_through", "first_period_date",
+                           pl.col("series_from").alias("posted_from")))
     # A rerun's (or a late day's) contracts: the periods its date, and later ones, posted already.
     since = posted.filter(pl.col("posted_since")).select("contract_id")
     rerun = processed.select("contract_id", "business_date")

@@ -422,6 +422,94 @@ def test_a_schedule_edited_between_nights_does_not_bill_paid_time_again(tmp_path
     assert_a_rerun_changes_nothing(data, db, D(2026, 4, 20))
 
 
+@pytest.mark.parametrize("rerun_first", [False, True])
+@pytest.mark.parametrize("edit, expected", [
+    # Dec 20-Jan 19: 15 of its 31 days paid (Jan 5-19); Jan 20: 16 of 31 paid, not posted.
+    ("start_date", [(D(2025, 12, 20), D(2026, 1, 19)), (D(2026, 1, 5), D(2026, 2, 4)), (D(2026, 2, 20), D(2026, 3, 19))]),
+    # Jan 3-Feb 2: 29 of 31 paid (Jan 5-Feb 2), not posted; Feb 3 posts.
+    ("first_bill_date", [(D(2026, 1, 5), D(2026, 2, 4)), (D(2026, 2, 3), D(2026, 3, 2))]),
+])
+def test_a_series_edited_to_start_before_its_first_period_posts_the_unpaid_period_on_any_night(
+        tmp_path, edit, expected, rerun_first):
+    """K1 starts Jan 5 and posts Jan 5 (paid Jan 5-Feb 4); the export moves its start (or first
+    bill date) earlier. The period before the first one posted posts when mostly unpaid (SPEC
+    1.3: every bill date up to D not posted), on the next night as on a rerun of a day before
+    it: the days run and the export decide what posts, not the order."""
+    def export(**fields):
+        return write_export(tmp_path / "data", facilities=[facility(timezone="UTC")],
+                            plans=[plan(schedule="contract")],
+                            contracts=[contract("K1", start_date=fields.pop("start_date", D(2026, 1, 5)), **fields)])
+    db = tmp_path / "billing.duckdb"
+    run(export(), db, D(2026, 1, 3), D(2026, 1, 6))
+    data = export(start_date=D(2025, 12, 20)) if edit == "start_date" else export(start_date=D(2026, 1, 1),
+                                                                                 first_bill_date=D(2026, 1, 3))
+    if rerun_first:
+        run(data, db, D(2026, 1, 4), D(2026, 1, 4))
+    # The nights near the dates that matter (the nights between are caught up by the next).
+    summaries = run(data, db, D(2026, 1, 7), D(2026, 1, 8)) + run(data, db, D(2026, 2, 19), D(2026, 2, 21))
+    assert all(s.ledger_problems == {name: 0 for name in s.ledger_problems} for s in summaries)
+    with duckdb.connect(str(db), read_only=True) as conn:
+        dues = conn.sql("SELECT bill_date, period_end FROM ledger WHERE kind = 'dues' ORDER BY 1").fetchall()
+        errors = conn.sql("SELECT count(*) FROM dues_posting_errors").fetchall()
+        owed = conn.sql("SELECT balance_cents FROM customer_balances").fetchall()
+        starts = conn.sql("SELECT first_period_date, series_from FROM contract_periods").fetchall()
+    assert dues == expected and errors == [(0,)] and owed == [(0,)]
+    new_start = D(2025, 12, 20) if edit == "start_date" else D(2026, 1, 3)
+    assert starts == [(expected[0][0], new_start if edit == "start_date" else D(2026, 1, 3))]
+    assert_a_rerun_changes_nothing(data, db, D(2026, 2, 21))
+
+
+@pytest.mark.parametrize("edit, expected", [
+    # Start Jan 10, billed from the facility's 1st: Feb 1 (paid Feb 1-28). Made weekly: the weeks
+    # of Jan 12, 19 and 26 were never owed; Feb 2-Feb 23 are mostly paid; Mar 2 posts.
+    ("made_weekly", [D(2026, 2, 1), D(2026, 3, 2)]),
+    # Moved to a facility billing on the 15th: not Jan 15 (Jan 15-Feb 14, 14 of 31 days paid);
+    # Feb 15 is half paid; Mar 15 posts.
+    ("moved_to_the_15th", [D(2026, 2, 1), D(2026, 3, 15)]),
+])
+def test_a_plan_or_billing_day_changed_bills_nothing_before_the_first_period(tmp_path, edit, expected):
+    """Neither moves where the series starts from (its start date, first bill date): the time
+    before the first period was never owed, and stays unbilled."""
+    facilities = [facility(facility_id="A", timezone="UTC", monthly_billing_day=1),
+                  facility(facility_id="B", timezone="UTC", monthly_billing_day=15)]
+
+    def export(frequency, facility_id):
+        return write_export(tmp_path / f"data-{frequency}-{facility_id}", facilities=facilities,
+                            customers=[customer("C1", facility_id="A")],
+                            plans=[plan(schedule="facility", frequency=frequency)],
+                            contracts=[contract("K1", start_date=D(2026, 1, 10), facility_id=facility_id)])
+    db = tmp_path / "billing.duckdb"
+    run(export("monthly", "A"), db, D(2026, 1, 31), D(2026, 2, 1))
+    data = export("weekly", "A") if edit == "made_weekly" else export("monthly", "B")
+    summaries = run(data, db, D(2026, 2, 2), D(2026, 2, 4)) + run(data, db, expected[-1], expected[-1])
+    assert all(s.ledger_problems == {name: 0 for name in s.ledger_problems} for s in summaries)
+    with duckdb.connect(str(db), read_only=True) as conn:
+        dues = conn.sql("SELECT bill_date FROM ledger WHERE kind = 'dues' ORDER BY 1").fetchall()
+    assert dues == [(d,) for d in expected]
+
+
+def test_a_series_moved_later_then_before_its_first_period_bills_the_time_before_not_the_gap(tmp_path):
+    """K1 (from Jan 1) posts Jan 1 and Feb 1; its first bill date moves to Apr 1 (March left
+    unbilled: billing resumes in April); then the export starts it on Dec 1 with no first bill
+    date. December, before its first period, posts; March, between two periods posted, stays
+    unbilled as the first edit left it."""
+    def export(tag, start_date=D(2026, 1, 1), first_bill_date=None):
+        return write_export(tmp_path / f"data-{tag}", facilities=[facility(timezone="UTC")],
+                            plans=[plan(schedule="contract")],
+                            contracts=[contract("K1", start_date=start_date, first_bill_date=first_bill_date)])
+    db = tmp_path / "billing.duckdb"
+    run(export("as-is"), db, D(2026, 1, 1), D(2026, 2, 1))
+    run(export("later", first_bill_date=D(2026, 4, 1)), db, D(2026, 3, 1), D(2026, 4, 1))
+    data = export("back", start_date=D(2025, 12, 1))
+    summaries = run(data, db, D(2026, 4, 2), D(2026, 4, 3)) + run(data, db, D(2026, 5, 1), D(2026, 5, 1))
+    assert all(s.ledger_problems == {name: 0 for name in s.ledger_problems} for s in summaries)
+    with duckdb.connect(str(db), read_only=True) as conn:
+        dues = conn.sql("SELECT bill_date, business_date FROM ledger WHERE kind = 'dues' ORDER BY 1").fetchall()
+    assert dues == [(D(2025, 12, 1), D(2026, 4, 2)), (D(2026, 1, 1), D(2026, 1, 1)), (D(2026, 2, 1), D(2026, 2, 1)),
+                    (D(2026, 4, 1), D(2026, 4, 1)), (D(2026, 5, 1), D(2026, 5, 1))]
+    assert_a_rerun_changes_nothing(data, db, D(2026, 4, 2))
+
+
 @pytest.mark.parametrize("monthly_day, expected", [
     (1, [(D(2026, 2, 1), D(2026, 2, 6)), (D(2026, 3, 1), D(2026, 3, 1))]),  # Feb 1: 8 of 28 days paid
     (26, [(D(2026, 2, 26), D(2026, 2, 26))]),  # Jan 26 is a week posted: a bill date posts once
@@ -1079,7 +1167,8 @@ def test_ledger_check_compares_the_ledger_with_what_happened(tmp_path):
     post_entries(writer, payment.with_columns(pl.lit("payment|forged").alias("entry_id"),
                                               pl.lit("forged").alias("idempotency_key")))
     writer.execute("INSERT INTO dues_postings SELECT business_date, facility_id, contract_id, customer_id, "
-                   "DATE '2026-02-01', kind, amount_cents, 'period|K1|2026-02-01', DATE '2026-02-28' FROM dues_postings")
+                   "DATE '2026-02-01', kind, amount_cents, 'period|K1|2026-02-01', DATE '2026-02-28', series_from "
+                   "FROM dues_postings")
     problems = {name: frame.height for name, frame in ledger_problems(writer).items()}
     day = pl.DataFrame({"facility_id": ["F1"], "business_date": [D(2026, 1, 1)]})
     scoped = {name: frame.height for name, frame in ledger_problems(writer, day).items()}

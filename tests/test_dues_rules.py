@@ -38,13 +38,16 @@ def post(day: dt.date, last_posted: dict[str, dt.date] | None = None, **tables: 
 def post_days(days: dict[str, dt.date], last_posted: dict[str, dt.date | tuple[dt.date, dt.date]] | None = None,
               ledger: set[tuple[str, dt.date]] | None = None, **tables: list[dict]) -> dict[str, pl.DataFrame]:
     """One batch of facility-days (facility -> its business date), as one vectorized pass.
-    last_posted: contract -> its latest bill date posted, or (that date, the last day paid);
+    last_posted: contract -> its latest bill date posted, or (that date, the last day paid), or
+    (those, its first period posted, the earliest series start they were posted under; else
+    unknown, as in a ledger written before it was kept);
     ledger: the (contract, bill date) posted, for the rules' lookup."""
     i = inputs(**tables)
     night = Night(i, facility_days(i.facilities, days))
     rows = [(k, *(v if isinstance(v, tuple) else (v, v))) for k, v in (last_posted or {}).items()]
-    last = pl.DataFrame(rows, orient="row",
-                        schema={"contract_id": pl.String, "last_bill_date": pl.Date, "paid_through": pl.Date})
+    last = pl.DataFrame([(*r, None, None) if len(r) == 3 else r for r in rows], orient="row",
+                        schema={"contract_id": pl.String, "last_bill_date": pl.Date, "paid_through": pl.Date,
+                                "first_period_date": pl.Date, "posted_from": pl.Date})
     def in_ledger(keys: pl.DataFrame) -> pl.DataFrame:
         return keys.filter([key in (ledger or set()) for key in keys.select("contract_id", "bill_date").iter_rows()])
     out = dues.post_dues(night.contracts.lazy(), last.lazy(), night.timeline.lazy(),

@@ -32,7 +32,8 @@ def entries(*rows, day=DAY):
     rows = [r if len(r) == 6 else (*r, month_end(r[4])) for r in rows]
     return pl.DataFrame([{"entry_id": e, "business_date": day, "facility_id": "F1", "customer_id": c, "kind": "dues",
                           "amount_cents": a, "contract_id": k, "bill_date": b, "period_end": end,
-                          "idempotency_key": None, "product_id": None} for e, c, a, k, b, end in rows],
+                          "idempotency_key": None, "product_id": None, "series_from": b}
+                         for e, c, a, k, b, end in rows],
                         schema_overrides={"idempotency_key": pl.String, "product_id": pl.String,
                                           "period_end": pl.Date})
 
@@ -99,7 +100,7 @@ def test_the_last_posted_period_comes_from_the_state_or_for_a_rerun_from_the_led
         ledger.post_entries(conn, entries(("p1", "C1", 500, "K1", DAY)))
     with transaction(conn):
         ledger.post_entries(conn, entries(("p2", "C1", 500, "K1", april), day=april))
-    assert conn.execute("SELECT * FROM contract_periods").fetchall() == [("K1", april, april, april_end)]
+    assert conn.execute("SELECT * FROM contract_periods").fetchall() == [("K1", april, april, april_end, DAY, DAY)]
     assert last_posted(conn, ("K1", dt.date(2026, 4, 2))) == {"K1": april_end}
     assert last_posted(conn, ("K1", april)) == {"K1": march_end}  # a rerun of April 1
     assert last_posted(conn, ("K1", dt.date(2026, 3, 15))) == {"K1": march_end}  # a day run late
@@ -111,15 +112,16 @@ def test_the_last_posted_period_comes_from_the_state_or_for_a_rerun_from_the_led
     assert posted_since(conn, "K2", april) == {}
     # a contract asked for twice (two dates) gets one row, the latest of both, as from the ledger
     twice = pl.DataFrame({"contract_id": ["K1", "K1"], "business_date": [april, dt.date(2026, 4, 2)]})
-    assert ledger.last_posted_periods(conn, twice).rows() == [("K1", april, april_end, True)]
+    assert ledger.last_posted_periods(conn, twice).rows() == [("K1", april, april_end, DAY, DAY, True)]
 
     conn.execute("DROP TABLE contract_periods")
     create_schema(conn)
-    assert conn.execute("SELECT * FROM contract_periods").fetchall() == [("K1", april, april, april_end)]
+    assert conn.execute("SELECT * FROM contract_periods").fetchall() == [("K1", april, april, april_end, DAY, DAY)]
     assert not any(frame.height for frame in ledger.ledger_problems(conn).values())
 
     day = pl.DataFrame({"facility_id": ["F1"], "business_date": [april]})
-    for edit in ("last_bill_date = DATE '2026-03-02'", f"paid_through = DATE '{march_end}'"):
+    for edit in ("last_bill_date = DATE '2026-03-02'", f"paid_through = DATE '{march_end}'",
+                 "first_period_date = DATE '2026-04-02'", "series_from = DATE '2026-04-02'", "series_from = NULL"):
         conn.execute(f"UPDATE contract_periods SET {edit}")
         assert ledger.ledger_problems(conn)["contract_periods_mismatches"].height == 1, edit
         # the check after the April 1 run (its periods only) finds it too
@@ -128,20 +130,28 @@ def test_the_last_posted_period_comes_from_the_state_or_for_a_rerun_from_the_led
         create_schema(conn)  # made again from the ledger
 
 
-def test_periods_of_an_older_ledger_without_an_end_are_paid_through_their_bill_date(tmp_path):
-    """A file written before periods had an end: its contract_periods, without paid_through, is
-    made again from the ledger at the next open, and an entry without an end counts its bill
-    date as paid (the window opens after it, as that version did)."""
+@pytest.mark.parametrize("old_columns", [
+    "last_bill_date DATE NOT NULL, last_business_date DATE NOT NULL",  # before periods had an end
+    "last_bill_date DATE NOT NULL, last_business_date DATE NOT NULL, paid_through DATE NOT NULL",  # no series start
+])
+def test_periods_of_an_older_ledger_without_an_end_are_paid_through_their_bill_date(tmp_path, old_columns):
+    """A file written before periods had an end (or before their series start was kept): its
+    contract_periods is made again from the ledger at the next open, and an entry without an end
+    counts its bill date as paid (the window opens after it, as that version did). An entry
+    without a series start (K2's earlier one) leaves the start to those that have one."""
     conn = warehouse(tmp_path)
+    earlier = DAY - dt.timedelta(days=28)
     with transaction(conn):
-        ledger.post_entries(conn, entries(("p1", "C1", 500, "K1", DAY, None), ("p2", "C2", 500, "K2", DAY)))
+        ledger.post_entries(conn, entries(("p1", "C1", 500, "K1", DAY, None), ("p2", "C2", 500, "K2", DAY),
+                                          ("p3", "C2", 500, "K2", earlier)))
+    conn.execute("UPDATE ledger SET series_from = NULL WHERE entry_id IN ('p1', 'p3')")  # as written before it existed
     conn.execute("DROP TABLE contract_periods")
-    conn.execute("CREATE TABLE contract_periods (contract_id VARCHAR PRIMARY KEY, last_bill_date DATE NOT NULL, "
-                 "last_business_date DATE NOT NULL)")
-    conn.execute("INSERT INTO contract_periods VALUES ('K1', $d, $d)", {"d": DAY})
+    conn.execute(f"CREATE TABLE contract_periods (contract_id VARCHAR PRIMARY KEY, {old_columns})")
+    conn.execute(f"INSERT INTO contract_periods VALUES ('K1', {', '.join(['$d'] * (old_columns.count(',') + 1))})",
+                 {"d": DAY})
     create_schema(conn)
     assert conn.execute("SELECT * FROM contract_periods ORDER BY 1").fetchall() == [
-        ("K1", DAY, DAY, DAY), ("K2", DAY, DAY, month_end(DAY))]
+        ("K1", DAY, DAY, DAY, DAY, None), ("K2", DAY, DAY, month_end(DAY), earlier, DAY)]
     assert last_posted(conn, ("K1", DAY + dt.timedelta(days=1))) == {"K1": DAY}
     assert not any(frame.height for frame in ledger.ledger_problems(conn).values())
 

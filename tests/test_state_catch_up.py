@@ -20,7 +20,7 @@ def period(entry_id, contract_id, bill_date, business_date=DAY):
     return pl.DataFrame([{"entry_id": entry_id, "business_date": business_date, "facility_id": "F1",
                           "customer_id": "C1", "kind": "dues", "amount_cents": 500, "contract_id": contract_id,
                           "bill_date": bill_date, "period_end": bill_date, "idempotency_key": None,
-                          "product_id": None}],
+                          "product_id": None, "series_from": bill_date}],
                         schema_overrides={"idempotency_key": pl.String, "product_id": pl.String})
 
 
@@ -54,9 +54,9 @@ def test_a_warehouse_from_before_the_state_tables_gets_them_from_its_history(con
     request_without_outcome(conn, "F1", DAY)
     conn.execute("DROP TABLE contract_periods; DROP TABLE unanswered_charge_days")  # as written before they existed
     create_schema(conn)
-    assert state(conn) == ([("K0", DAY, DAY, DAY), ("K1", DAY, DAY, DAY)], [("F1", DAY)])
+    assert state(conn) == ([("K0", DAY, DAY, DAY, DAY, DAY), ("K1", DAY, DAY, DAY, DAY, DAY)], [("F1", DAY)])
     create_schema(conn)  # nothing new: nothing changes
-    assert state(conn) == ([("K0", DAY, DAY, DAY), ("K1", DAY, DAY, DAY)], [("F1", DAY)])
+    assert state(conn) == ([("K0", DAY, DAY, DAY, DAY, DAY), ("K1", DAY, DAY, DAY, DAY, DAY)], [("F1", DAY)])
 
 
 def test_an_interrupted_fill_is_redone_whole(conn, monkeypatch):
@@ -70,7 +70,7 @@ def test_an_interrupted_fill_is_redone_whole(conn, monkeypatch):
     assert "contract_periods" not in tables and "unanswered_charge_days" not in tables  # nothing half done
     monkeypatch.setitem(CATCH_UPS, "unanswered_charge_days", real)
     create_schema(conn)
-    assert state(conn) == ([("K0", DAY, DAY, DAY), ("K1", DAY, DAY, DAY)], [("F1", DAY)])
+    assert state(conn) == ([("K0", DAY, DAY, DAY, DAY, DAY), ("K1", DAY, DAY, DAY, DAY, DAY)], [("F1", DAY)])
 
 
 def test_rows_written_without_keeping_the_state_are_taken_in_at_the_next_open(conn):
@@ -81,7 +81,7 @@ def test_rows_written_without_keeping_the_state_are_taken_in_at_the_next_open(co
                                         contract_id, bill_date, posted_at)
                     VALUES ('p2', $d, 'F1', 'C1', 'dues', 500, 'K1', $d, now())""", {"d": later})
     request_without_outcome(conn, "F2", later)
-    assert state(conn) == ([("K0", DAY, DAY, DAY), ("K1", DAY, DAY, DAY)], [])
+    assert state(conn) == ([("K0", DAY, DAY, DAY, DAY, DAY), ("K1", DAY, DAY, DAY, DAY, DAY)], [])
     create_schema(conn)
-    assert state(conn) == ([("K0", DAY, DAY, DAY), ("K1", later, later, later)], [("F2", later)])
+    assert state(conn) == ([("K0", DAY, DAY, DAY, DAY, DAY), ("K1", later, later, later, DAY, DAY)], [("F2", later)])
     assert not ledger.ledger_problems(conn)["contract_periods_mismatches"].height

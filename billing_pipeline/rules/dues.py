@@ -15,6 +15,12 @@ or more of whose days are paid already does not post: the periods posted cover i
 continues from its date nearest to the end of the paid time (a pro-rated charge for the days
 paid twice or left unbilled is not in SPEC). A rerun, or a day run late, measures the paid days
 against the periods posted on its date or later and the latest one before (`stand_ins`).
+
+A series edited to start earlier than it did when its periods posted (its start date or first
+bill date moved before the earliest one they were posted under: `series_from`) is looked at from
+its new start up to that old one as well (`early_windows`): such a date, never posted, posts
+when mostly unpaid by the periods posted, on any night. A plan or billing day changed moves the
+series but not where it starts from: nothing before its first period is billed then.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ EXPANSION_CAP = 400
 InLedger = Callable[[pl.DataFrame], pl.DataFrame]
 
 DUE_COLUMNS = ["business_date", "facility_id", "contract_id", "customer_id", "bill_date", "period_end", "kind",
-               "amount_cents"]
+               "amount_cents", "series_from"]
 ERROR_COLUMNS = ["business_date", "facility_id", "contract_id", "customer_id", "error_code", "message"]
 
 
@@ -145,8 +151,9 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
 
     `processed` must be free of plan errors (it needs the plan's schedule). `last_posted`:
     contract_id, last_bill_date and paid_through (the latest period posted before this business
-    date, and the last day the periods posted before it cover). A period half or more paid by
-    them is dropped (`mostly_paid`), and not counted as missed.
+    date, and the last day the periods posted before it cover), first_period_date and posted_from
+    (the earliest bill date and series start of those periods, `early_windows`). A period half or
+    more paid by them is dropped (`mostly_paid`), and not counted as missed.
     `posted_since`: contract_id, business_date, posted_bill_date, posted_period_end: the periods
     posted on the business date or later, of a rerun's contracts (or a day's run late). Those are
     not unposted, so not counted against the limit; and a period half or more paid by them and
@@ -178,12 +185,16 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
         .pipe(bill_dates.with_schedule)
         .pipe(bill_dates.with_count_between, "last_bill_date", "through", "n_dates")
         .pipe(with_date_back)
-        .filter((pl.col("n_dates") > 0) | pl.col("_date_back"))
+        .with_columns((pl.coalesce("first_bill_date", "start_date") < pl.col("posted_from")).fill_null(False)
+                      .alias("_starts_earlier"))
+        .filter((pl.col("n_dates") > 0) | pl.col("_date_back") | pl.col("_starts_earlier"))
     ).collect()
     windows = (
         pl.concat([windows.filter(~pl.col("_date_back")).with_columns(pl.col("last_bill_date").alias("window_after")),
                    opened_back(windows.filter(pl.col("_date_back")), alive, in_ledger)], how="vertical")
-        .drop("_date_back").lazy().filter(pl.col("n_dates") > 0)
+        .with_columns(pl.lit(None, pl.Date).alias("paid_from"))
+        .pipe(lambda regular: pl.concat([regular, early_windows(windows.filter(pl.col("_starts_earlier")))]))
+        .drop("_date_back", "_starts_earlier").lazy().filter(pl.col("n_dates") > 0)
         .join(alive.select(carried), on=["contract_key", "business_date"])
     ).collect().lazy()
     expanded = bill_dates.explode_bill_dates(windows.filter(pl.col("n_dates") <= EXPANSION_CAP),
@@ -199,21 +210,23 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
         .filter(pl.col("kind").is_not_null())
         .with_columns(pl.when(pl.col("kind") == "dues").then(pl.col("amount_cents"))
                       .otherwise(pl.col("freeze_fee_cents")).alias("amount_cents"),
-                      (pl.col("next_bill_date") - pl.duration(days=1)).alias("period_end"))
+                      (pl.col("next_bill_date") - pl.duration(days=1)).alias("period_end"),
+                      pl.coalesce("first_bill_date", "start_date").alias("series_from"))
         # (Only after an edit of the schedule: on every other night paid_through is the day
         # before the next bill date, and nothing is paid of the periods in the window.)
-        .filter(~mostly_paid(pl.col("bill_date"), pl.col("paid_through")))
+        .filter(~mostly_paid(pl.coalesce("paid_from", "bill_date"), pl.col("paid_through")))
         .select(*DUE_COLUMNS, "contract_key")
     ).collect().lazy()
     unposted = periods
     if posted_since is not None:
         rerun = posted_since.select("contract_id", "business_date").unique()
+        # (unique: a contract that starts earlier has two windows, `early_windows`)
         before = (windows.join(rerun, on=["contract_id", "business_date"], how="semi")
                   .filter(pl.col("last_bill_date").is_not_null())
                   .select("contract_id", "business_date", pl.col("last_bill_date").alias("posted_bill_date"),
-                          pl.col("paid_through").alias("posted_period_end")))
+                          pl.col("paid_through").alias("posted_period_end")).unique())
         replaced = stand_ins(periods, pl.concat([posted_since, before]),
-                             windows.select("contract_id", "business_date", "frequency"))
+                             windows.select("contract_id", "business_date", "frequency").unique())
         periods = periods.join(replaced, on=["contract_id", "bill_date"], how="anti").collect().lazy()
         unposted = periods.join(posted_since.select("contract_id", pl.col("posted_bill_date").alias("bill_date")),
                                 on=["contract_id", "bill_date"], how="anti")
@@ -306,6 +319,25 @@ def opened_back(windows: pl.DataFrame, alive: pl.LazyFrame, in_ledger: InLedger 
         .drop("_k_back", "_back", "_opens", "_lo", "_hi", "n_dates")
         .pipe(bill_dates.with_count_between, "window_after", "through", "n_dates")
         .select(windows.columns + ["window_after"]).collect()
+    )
+
+
+def early_windows(windows: pl.DataFrame) -> pl.DataFrame:
+    """The windows of contracts whose series now starts before the earliest start their periods
+    were posted under (`posted_from`: the start date or first bill date was moved earlier since):
+    from the new start up to the day before the old one (a second window, beside the one after
+    the latest bill date posted). Its dates were never posted: the periods posted all start on
+    or after `posted_from`. They are measured against the days those periods pay for,
+    first_period_date (`paid_from`) to paid_through, so a date whose period they mostly pay does
+    not post (K1 posted Jan 5, paid Jan 5-Feb 4; its start moved to Dec 20: Dec 20-Jan 19 posts,
+    15 of its 31 days paid). Once it posts, `posted_from` is the new start, and the window is gone.
+    (A plan or billing day changed leaves the start as it was: it opens no window.)"""
+    return (
+        windows.lazy().drop("_lo", "_hi", "n_dates")
+        .with_columns(pl.lit(None, pl.Date).alias("window_after"), pl.col("first_period_date").alias("paid_from"),
+                      pl.min_horizontal("through", pl.col("posted_from") - pl.duration(days=1)).alias("through"))
+        .pipe(bill_dates.with_count_between, "window_after", "through", "n_dates")
+        .select(windows.columns + ["window_after", "paid_from"]).collect()
     )
 
 

@@ -20,7 +20,7 @@ from billing_pipeline.warehouse.state import PERIOD_END_SQL, PERIOD_KINDS, PERIO
 from billing_pipeline.warehouse.store import execute, query, register
 
 LEDGER_COLUMNS = ["entry_id", "business_date", "facility_id", "customer_id", "kind", "amount_cents",
-                  "contract_id", "bill_date", "period_end", "idempotency_key", "product_id"]
+                  "contract_id", "bill_date", "period_end", "idempotency_key", "product_id", "series_from"]
 
 
 def period_entry_id(contract_id: pl.Expr, bill_date: pl.Expr) -> pl.Expr:
@@ -31,7 +31,8 @@ def dues_entries(postings: pl.DataFrame) -> pl.DataFrame:
     return postings.select(
         period_entry_id(pl.col("contract_id"), pl.col("bill_date")).alias("entry_id"),
         "business_date", "facility_id", "customer_id", "kind", "amount_cents", "contract_id", "bill_date",
-        "period_end", pl.lit(None, pl.String).alias("idempotency_key"), pl.lit(None, pl.String).alias("product_id"))
+        "period_end", pl.lit(None, pl.String).alias("idempotency_key"), pl.lit(None, pl.String).alias("product_id"),
+        "series_from")
 
 
 def billing_entries(approved: pl.DataFrame) -> pl.DataFrame:
@@ -45,14 +46,14 @@ def billing_entries(approved: pl.DataFrame) -> pl.DataFrame:
         "customer_id", pl.lit("surcharge").alias("kind"), pl.col("surcharge_cents").alias("amount_cents"),
         pl.lit(None, pl.String).alias("contract_id"), pl.lit(None, pl.Date).alias("bill_date"),
         pl.lit(None, pl.Date).alias("period_end"), "idempotency_key",
-        pl.col("surcharge_product_id").alias("product_id"))
+        pl.col("surcharge_product_id").alias("product_id"), pl.lit(None, pl.Date).alias("series_from"))
     payments = base.select(
         fmt("payment|{}", "idempotency_key").alias("entry_id"), "business_date", "facility_id",
         "customer_id", pl.lit("billing_payment").alias("kind"),
         (-(pl.col("amount_cents") + pl.col("surcharge_cents"))).alias("amount_cents"),
         pl.lit(None, pl.String).alias("contract_id"), pl.lit(None, pl.Date).alias("bill_date"),
         pl.lit(None, pl.Date).alias("period_end"), "idempotency_key",
-        pl.lit(None, pl.String).alias("product_id"))
+        pl.lit(None, pl.String).alias("product_id"), pl.lit(None, pl.Date).alias("series_from"))
     return pl.concat([surcharges, payments])
 
 
@@ -73,7 +74,7 @@ def post_entries(conn: duckdb.DuckDBPyConnection, entries: pl.DataFrame) -> int:
         inserted = conn.execute(f"""
             INSERT INTO ledger ({columns}, posted_at) SELECT {columns}, now() FROM _entries
             ON CONFLICT DO NOTHING RETURNING customer_id, amount_cents, kind, contract_id, bill_date,
-                                             period_end, business_date""").to_arrow_table()
+                                             period_end, business_date, series_from""").to_arrow_table()
     conn.unregister("_entries")
     move_state(conn, pl.from_arrow(inserted))
     return inserted.num_rows
@@ -107,8 +108,9 @@ def postings_kept(conn: duckdb.DuckDBPyConnection, facility_days: pl.DataFrame) 
     # As the ledger has them (a row a rerun rewrote with other values, before, is put right).
     return query(conn, """
         SELECT p.business_date, p.facility_id, p.contract_id, l.customer_id, p.bill_date, l.period_end, l.kind,
-               l.amount_cents, p.entry_id
-        FROM _stored p JOIN (SELECT entry_id, facility_id, business_date, customer_id, kind, amount_cents, period_end
+               l.amount_cents, p.entry_id, l.series_from
+        FROM _stored p JOIN (SELECT entry_id, facility_id, business_date, customer_id, kind, amount_cents, period_end,
+                                    series_from
                              FROM ledger
                              SEMI JOIN _stored USING (entry_id)) l
           USING (entry_id, facility_id, business_date)""", _stored=stored)
@@ -169,7 +171,7 @@ def move_state(conn: duckdb.DuckDBPyConnection, inserted: pl.DataFrame) -> None:
     periods = inserted.filter(pl.col("kind").is_in(PERIOD_KINDS))
     if periods.height:
         execute(conn, contract_periods_upsert("_periods"),
-                _periods=periods.select("kind", "contract_id", "bill_date", "period_end", "business_date"))
+                _periods=periods.select("kind", "contract_id", "bill_date", "period_end", "business_date", "series_from"))
 
 
 def ledger_sums(conn: duckdb.DuckDBPyConnection, customer_days: pl.DataFrame) -> pl.DataFrame:
@@ -193,23 +195,28 @@ def last_posted_periods(conn: duckdb.DuckDBPyConnection, contract_days: pl.DataF
     """Per contract with a period in the ledger: `last_bill_date`, the latest bill date posted
     before the business date, and `paid_through`, the last day the periods posted before it
     cover (both null if none; for a rerun, paid_through is null too when those entries were
-    written before periods had an end), and `posted_since`, whether a period of it was
+    written before periods had an end); `first_period_date` and `series_from`, the earliest
+    bill date and series start of those periods (`dues.early_windows`); and `posted_since`,
+    whether a period of it was
     posted on that date or later (a day rerun, or run late). From contract_periods when its
     latest posting is from an earlier date (every night's case); from the contract's ledger
     entries otherwise. (A rerun recomputes its date's periods: those it posted are posted
     already, one it skipped posts now, one standing in for a posted one does not, `dues.stand_ins`.)"""
     return query(conn, f"""
-        WITH known AS (SELECT c.contract_id, c.business_date, s.last_bill_date, s.paid_through, s.last_business_date
+        WITH known AS (SELECT c.contract_id, c.business_date, s.last_bill_date, s.paid_through, s.last_business_date,
+                              s.first_period_date, s.series_from
                        FROM _days c JOIN contract_periods s USING (contract_id)),
         rerun AS (SELECT contract_id, business_date FROM known WHERE last_business_date >= business_date),
-        found AS (SELECT contract_id, last_bill_date, paid_through, false AS since FROM known
-                  WHERE last_business_date < business_date
+        found AS (SELECT contract_id, last_bill_date, paid_through, first_period_date, series_from, false AS since
+                  FROM known WHERE last_business_date < business_date
                   UNION ALL
-                  SELECT contract_id, NULL, NULL, true FROM rerun
+                  SELECT contract_id, NULL, NULL, NULL, NULL, true FROM rerun
                   UNION ALL
-                  SELECT l.contract_id, l.bill_date, l.period_end, true FROM ledger l JOIN rerun c USING (contract_id)
+                  SELECT l.contract_id, l.bill_date, l.period_end, l.bill_date, l.series_from, true
+                  FROM ledger l JOIN rerun c USING (contract_id)
                   WHERE l.kind IN {PERIOD_KINDS_SQL} AND l.business_date < c.business_date)
         SELECT contract_id, max(last_bill_date) AS last_bill_date, max(paid_through) AS paid_through,
+               min(first_period_date) AS first_period_date, min(series_from) AS series_from,
                bool_or(since) AS posted_since
         FROM found GROUP BY contract_id""", _days=contract_days.select("contract_id", "business_date"))
 
@@ -287,17 +294,24 @@ def ledger_problems(conn: duckdb.DuckDBPyConnection,
         "contract_periods_mismatches": f"""
             {ctes}, periods AS (SELECT contract_id, max(bill_date) AS ledger_bill_date,
                                        max(business_date) AS ledger_business_date,
-                                       max({PERIOD_END_SQL}) AS ledger_paid_through
+                                       max({PERIOD_END_SQL}) AS ledger_paid_through,
+                                       min(bill_date) AS ledger_first_period, min(series_from) AS ledger_series_from
                                 FROM {"batch" if scoped else "ledger"} WHERE kind IN {PERIOD_KINDS_SQL} GROUP BY contract_id)
             SELECT coalesce(p.contract_id, s.contract_id) AS contract_id, p.ledger_bill_date, s.last_bill_date,
-                   p.ledger_business_date, s.last_business_date, p.ledger_paid_through, s.paid_through
+                   p.ledger_business_date, s.last_business_date, p.ledger_paid_through, s.paid_through,
+                   p.ledger_first_period, s.first_period_date, p.ledger_series_from, s.series_from
             FROM periods p {"LEFT" if scoped else "FULL"} JOIN contract_periods s USING (contract_id)
             WHERE {"s.contract_id IS NULL OR s.last_bill_date < p.ledger_bill_date"
                    " OR s.last_business_date < p.ledger_business_date OR s.paid_through < p.ledger_paid_through"
+                   " OR s.first_period_date > p.ledger_first_period"
+                   " OR s.series_from IS NULL AND p.ledger_series_from IS NOT NULL"
+                   " OR s.series_from > p.ledger_series_from"
                    if scoped else
                    "p.ledger_bill_date IS DISTINCT FROM s.last_bill_date"
                    " OR p.ledger_business_date IS DISTINCT FROM s.last_business_date"
-                   " OR p.ledger_paid_through IS DISTINCT FROM s.paid_through"}
+                   " OR p.ledger_paid_through IS DISTINCT FROM s.paid_through"
+                   " OR p.ledger_first_period IS DISTINCT FROM s.first_period_date"
+                   " OR p.ledger_series_from IS DISTINCT FROM s.series_from"}
             ORDER BY 1 LIMIT 100""",
         # A billing's balance counts the entries of processed facility-days only (`ledger_sums`):
         # an entry of a day that never ran would be owed and billed by no one.

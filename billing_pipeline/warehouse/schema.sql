@@ -25,15 +25,19 @@ CREATE TABLE IF NOT EXISTS status_change_errors (
     error_code VARCHAR, message VARCHAR);
 
 -- period_end: the last day a period covers (the day before the series' next bill date).
+-- series_from: the date the contract's series counted from (its first bill date, else its start
+-- date) when the period was worked out; a night compares it with the export's (`dues.early_windows`).
 CREATE TABLE IF NOT EXISTS due_contracts (
     business_date DATE, facility_id VARCHAR, contract_id VARCHAR, customer_id VARCHAR,
-    bill_date DATE, kind VARCHAR, amount_cents BIGINT, period_end DATE);
+    bill_date DATE, kind VARCHAR, amount_cents BIGINT, period_end DATE, series_from DATE);
 
 CREATE TABLE IF NOT EXISTS dues_postings (
     business_date DATE, facility_id VARCHAR, contract_id VARCHAR, customer_id VARCHAR,
-    bill_date DATE, kind VARCHAR, amount_cents BIGINT, entry_id VARCHAR, period_end DATE);
+    bill_date DATE, kind VARCHAR, amount_cents BIGINT, entry_id VARCHAR, period_end DATE, series_from DATE);
 ALTER TABLE due_contracts ADD COLUMN IF NOT EXISTS period_end DATE;  -- files written before it existed
 ALTER TABLE dues_postings ADD COLUMN IF NOT EXISTS period_end DATE;
+ALTER TABLE due_contracts ADD COLUMN IF NOT EXISTS series_from DATE;
+ALTER TABLE dues_postings ADD COLUMN IF NOT EXISTS series_from DATE;
 
 CREATE TABLE IF NOT EXISTS dues_posting_errors (
     business_date DATE, facility_id VARCHAR, contract_id VARCHAR, customer_id VARCHAR,
@@ -41,15 +45,17 @@ CREATE TABLE IF NOT EXISTS dues_posting_errors (
 
 -- Append-only. One entry per period (entry_id 'period|contract|bill_date'), one payment and
 -- one surcharge per idempotency key: a second posting of either is impossible. A period's
--- entry covers bill_date through period_end (null in files written before it existed).
+-- entry covers bill_date through period_end, and was posted with the series counted from
+-- series_from (both null in files written before they existed).
 CREATE TABLE IF NOT EXISTS ledger (
     entry_id VARCHAR PRIMARY KEY, business_date DATE NOT NULL, facility_id VARCHAR NOT NULL,
     customer_id VARCHAR NOT NULL, kind VARCHAR NOT NULL, amount_cents BIGINT NOT NULL,
     contract_id VARCHAR, bill_date DATE, idempotency_key VARCHAR, product_id VARCHAR, posted_at TIMESTAMPTZ,
-    period_end DATE);
+    period_end DATE, series_from DATE);
 
 ALTER TABLE ledger ADD COLUMN IF NOT EXISTS product_id VARCHAR;  -- files written before it existed
 ALTER TABLE ledger ADD COLUMN IF NOT EXISTS period_end DATE;
+ALTER TABLE ledger ADD COLUMN IF NOT EXISTS series_from DATE;
 
 -- Running balance per customer, updated in the same transaction as the ledger; the ledger
 -- check compares it with the sum of the ledger after every run.
@@ -58,12 +64,14 @@ CREATE TABLE IF NOT EXISTS customer_balances (
 
 -- Per contract: the latest dues / freeze fee period in the ledger, the last day its periods
 -- cover (paid_through: a later period half or more paid by then does not post) and the latest business date that
--- posted one, moved in the same transaction as the ledger: a night reads it instead of every
+-- posted one; its earliest period (first_period_date) and the earliest date its series counted
+-- from when one posted (series_from: null if every one predates the column). Moved in the same
+-- transaction as the ledger: a night reads it instead of every
 -- period ever posted (`ledger.last_posted_periods`). Caught up with entries posted by anything
 -- else at every open (`state.CATCH_UPS`); the daily audit checks it against the ledger.
 CREATE TABLE IF NOT EXISTS contract_periods (
     contract_id VARCHAR PRIMARY KEY, last_bill_date DATE NOT NULL, last_business_date DATE NOT NULL,
-    paid_through DATE NOT NULL);
+    paid_through DATE NOT NULL, first_period_date DATE NOT NULL, series_from DATE);
 
 -- How far each state table above has taken in the history (write time of the latest row).
 CREATE TABLE IF NOT EXISTS state_caught_up (state_table VARCHAR PRIMARY KEY, caught_up_to TIMESTAMPTZ NOT NULL);

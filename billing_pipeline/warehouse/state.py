@@ -1,7 +1,7 @@
 """State a night reads instead of the whole history, and how it is moved.
 
-`contract_periods` (each contract's latest period in the ledger, and the last day its periods
-cover) moves with every ledger
+`contract_periods` (each contract's latest period in the ledger, the last day its periods
+cover, its earliest period and series start) moves with every ledger
 posting (`ledger.move_state`); `unanswered_charge_days` with every write of charge requests and
 every charging that recorded all its outcomes (`cycle.charge`). At every open of the warehouse
 each also takes in the history rows written since it last did (`CATCH_UPS`, run by
@@ -25,20 +25,25 @@ PERIOD_END_SQL = "coalesce(period_end, bill_date)"
 
 def contract_periods_upsert(entries: str) -> str:
     """The statement moving contract_periods by the period entries of `entries` (ledger rows:
-    a table or a subquery)."""
+    a table or a subquery). (least and greatest skip a null: a series_from posted before the
+    column existed is overtaken by the first one known.)"""
     return f"""
         INSERT INTO contract_periods
-        SELECT contract_id, max(bill_date), max(business_date), max({PERIOD_END_SQL}) FROM {entries}
+        SELECT contract_id, max(bill_date), max(business_date), max({PERIOD_END_SQL}), min(bill_date),
+               min(series_from) FROM {entries}
         WHERE kind IN {PERIOD_KINDS_SQL}
         GROUP BY contract_id ORDER BY contract_id
         ON CONFLICT (contract_id) DO UPDATE
         SET last_bill_date = greatest(last_bill_date, excluded.last_bill_date),
             last_business_date = greatest(last_business_date, excluded.last_business_date),
-            paid_through = greatest(paid_through, excluded.paid_through)"""
+            paid_through = greatest(paid_through, excluded.paid_through),
+            first_period_date = least(first_period_date, excluded.first_period_date),
+            series_from = least(series_from, excluded.series_from)"""
 
 
-# A state table whose file lacks this column is dropped, then made and filled again from the history.
-REBUILT_WITHOUT = {"contract_periods": "paid_through"}
+# A state table whose file lacks this column (its newest) is dropped, then made and filled again
+# from the history.
+REBUILT_WITHOUT = {"contract_periods": "series_from"}
 
 
 # Per state table: the write time of the newest history row, and the statement taking in the rows
