@@ -459,6 +459,59 @@ def test_a_series_edited_to_start_before_its_first_period_posts_the_unpaid_perio
     assert_a_rerun_changes_nothing(data, db, D(2026, 2, 21))
 
 
+@pytest.mark.parametrize("schedule, expected", [
+    # The month before the week posted (opened back) is the month of the new start: one window
+    # holds Jan 1, measured from the first period (Jan 5-11: 7 of 31 days paid), and it posts once.
+    ("facility", [(D(2026, 1, 1), D(2026, 1, 31)), (D(2026, 1, 5), D(2026, 1, 11))]),
+    # Dec 20-Jan 19: Dec 20-Jan 4 were never paid (7 of 31 paid), so it posts.
+    ("contract", [(D(2025, 12, 20), D(2026, 1, 19)), (D(2026, 1, 5), D(2026, 1, 11))]),
+])
+def test_a_start_moved_earlier_with_the_plan_made_monthly_posts_each_date_once(tmp_path, schedule, expected):
+    """Weekly K1 (Mondays) posts Jan 5-11; the export then makes it monthly and starts it Dec 20.
+    The window opened back (longer steps) and the one before the first period (an earlier start)
+    would both hold the month's date: it is in one only, and the night posts it once."""
+    def export(tag, frequency, start_date):
+        return write_export(tmp_path / f"data-{tag}",
+                            facilities=[facility(timezone="UTC", weekly_billing_day=1, monthly_billing_day=1)],
+                            plans=[plan(schedule=schedule, frequency=frequency)],
+                            contracts=[contract("K1", start_date=start_date)])
+    db = tmp_path / "billing.duckdb"
+    run(export("weekly", "weekly", D(2026, 1, 5)), db, D(2026, 1, 5), D(2026, 1, 6))
+    data = export("monthly", "monthly", D(2025, 12, 20))
+    summaries = run(data, db, D(2026, 1, 7), D(2026, 1, 8))
+    assert all(s.ledger_problems == {name: 0 for name in s.ledger_problems} for s in summaries)
+    with duckdb.connect(str(db), read_only=True) as conn:
+        dues = conn.sql("SELECT bill_date, period_end FROM ledger WHERE kind = 'dues' ORDER BY 1").fetchall()
+    assert dues == expected
+    assert_a_rerun_changes_nothing(data, db, D(2026, 1, 7))
+
+
+def test_an_older_ledgers_periods_without_a_series_start_are_not_posted_again(tmp_path):
+    """K1 (from Dec 1) posts Dec 1 and Jan 1 in a ledger written before periods kept their
+    series start; this version posts Feb 15 (first bill date Jan 15), its start Jan 15. Then the
+    export drops the first bill date and makes the plan yearly: Dec 1 (a year, 104 of 365 days
+    paid) lies before the start recorded, but is in the ledger already: nothing posts again."""
+    from billing_pipeline.warehouse.store import Warehouse
+
+    def export(tag, frequency="monthly", first_bill_date=None):
+        return write_export(tmp_path / f"data-{tag}", facilities=[facility(timezone="UTC")],
+                            plans=[plan(frequency=frequency)],
+                            contracts=[contract("K1", start_date=D(2025, 12, 1), first_bill_date=first_bill_date)])
+    db = tmp_path / "billing.duckdb"
+    run(export("as-is"), db, D(2025, 12, 1), D(2026, 1, 1))
+    with duckdb.connect(str(db)) as conn:  # as an earlier version left it
+        conn.execute("UPDATE ledger SET series_from = NULL; ALTER TABLE contract_periods DROP COLUMN series_from")
+    Warehouse(db).writer_path.unlink()  # the writer copy is made afresh from it
+    run(export("later", first_bill_date=D(2026, 1, 15)), db, D(2026, 2, 15), D(2026, 2, 15))
+    summaries = run(export("yearly", frequency="yearly"), db, D(2026, 2, 16), D(2026, 2, 17))
+    assert all(s.ledger_problems == {name: 0 for name in s.ledger_problems} for s in summaries)
+    with duckdb.connect(str(db), read_only=True) as conn:
+        dues = conn.sql("SELECT bill_date, series_from FROM ledger WHERE kind = 'dues' ORDER BY 1").fetchall()
+        starts = conn.sql("SELECT first_period_date, series_from FROM contract_periods").fetchall()
+    assert dues == [(D(2025, 12, 1), None), (D(2026, 1, 1), None), (D(2026, 2, 15), D(2026, 1, 15))]
+    assert starts == [(D(2025, 12, 1), D(2026, 1, 15))]
+
+
 @pytest.mark.parametrize("edit, expected", [
     # Start Jan 10, billed from the facility's 1st: Feb 1 (paid Feb 1-28). Made weekly: the weeks
     # of Jan 12, 19 and 26 were never owed; Feb 2-Feb 23 are mostly paid; Mar 2 posts.

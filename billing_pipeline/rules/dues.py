@@ -18,7 +18,7 @@ against the periods posted on its date or later and the latest one before (`stan
 
 A series edited to start earlier than it did when its periods posted (its start date or first
 bill date moved before the earliest one they were posted under: `series_from`) is looked at from
-its new start up to that old one as well (`early_windows`): such a date, never posted, posts
+its new start up to its first period as well (`early_windows`): such a date, never posted, posts
 when mostly unpaid by the periods posted, on any night. A plan or billing day changed moves the
 series but not where it starts from: nothing before its first period is billed then.
 """
@@ -189,11 +189,10 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
                       .alias("_starts_earlier"))
         .filter((pl.col("n_dates") > 0) | pl.col("_date_back") | pl.col("_starts_earlier"))
     ).collect()
+    regular = pl.concat([windows.filter(~pl.col("_date_back")).with_columns(pl.col("last_bill_date").alias("window_after")),
+                         opened_back(windows.filter(pl.col("_date_back")), alive, in_ledger)], how="vertical")
     windows = (
-        pl.concat([windows.filter(~pl.col("_date_back")).with_columns(pl.col("last_bill_date").alias("window_after")),
-                   opened_back(windows.filter(pl.col("_date_back")), alive, in_ledger)], how="vertical")
-        .with_columns(pl.lit(None, pl.Date).alias("paid_from"))
-        .pipe(lambda regular: pl.concat([regular, early_windows(windows.filter(pl.col("_starts_earlier")))]))
+        pl.concat([regular, early_windows(windows.filter(pl.col("_starts_earlier")), regular)])
         .drop("_date_back", "_starts_earlier").lazy().filter(pl.col("n_dates") > 0)
         .join(alive.select(carried), on=["contract_key", "business_date"])
     ).collect().lazy()
@@ -213,8 +212,10 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
                       (pl.col("next_bill_date") - pl.duration(days=1)).alias("period_end"),
                       pl.coalesce("first_bill_date", "start_date").alias("series_from"))
         # (Only after an edit of the schedule: on every other night paid_through is the day
-        # before the next bill date, and nothing is paid of the periods in the window.)
-        .filter(~mostly_paid(pl.coalesce("paid_from", "bill_date"), pl.col("paid_through")))
+        # before the next bill date, and nothing is paid of the periods in the window. The paid
+        # time starts at the first period: a date before it, `opened_back` or `early_windows`,
+        # is not paid for its days before that.)
+        .filter(~mostly_paid(pl.coalesce("first_period_date", "bill_date"), pl.col("paid_through")))
         .select(*DUE_COLUMNS, "contract_key")
     ).collect().lazy()
     unposted = periods
@@ -322,22 +323,27 @@ def opened_back(windows: pl.DataFrame, alive: pl.LazyFrame, in_ledger: InLedger 
     )
 
 
-def early_windows(windows: pl.DataFrame) -> pl.DataFrame:
+def early_windows(windows: pl.DataFrame, regular: pl.DataFrame) -> pl.DataFrame:
     """The windows of contracts whose series now starts before the earliest start their periods
     were posted under (`posted_from`: the start date or first bill date was moved earlier since):
-    from the new start up to the day before the old one (a second window, beside the one after
-    the latest bill date posted). Its dates were never posted: the periods posted all start on
-    or after `posted_from`. They are measured against the days those periods pay for,
-    first_period_date (`paid_from`) to paid_through, so a date whose period they mostly pay does
-    not post (K1 posted Jan 5, paid Jan 5-Feb 4; its start moved to Dec 20: Dec 20-Jan 19 posts,
-    15 of its 31 days paid). Once it posts, `posted_from` is the new start, and the window is gone.
-    (A plan or billing day changed leaves the start as it was: it opens no window.)"""
+    from the new start up to the day before the first period, the old start, and the `regular`
+    window (after the latest bill date posted, or `opened_back`), whichever comes first. So its
+    dates are neither in the ledger (all its periods are on or after the first one: an older
+    ledger's entries without a series start included) nor in the other window. They are
+    measured against the days the periods posted pay for, from the first one to paid_through:
+    K1 posted Jan 5, paid Jan 5-Feb 4; its start moved to Dec 20: Dec 20-Jan 19 posts, 15 of
+    its 31 days paid. Once it posts, `posted_from` is the new start, and the window is gone. (A
+    plan or billing day changed leaves the start as it was: it opens no window.)"""
+    day = pl.duration(days=1)
     return (
         windows.lazy().drop("_lo", "_hi", "n_dates")
-        .with_columns(pl.lit(None, pl.Date).alias("window_after"), pl.col("first_period_date").alias("paid_from"),
-                      pl.min_horizontal("through", pl.col("posted_from") - pl.duration(days=1)).alias("through"))
+        .join(regular.lazy().select("contract_key", "business_date", pl.col("window_after").alias("_regular_after")),
+              on=["contract_key", "business_date"])
+        .with_columns(pl.lit(None, pl.Date).alias("window_after"),
+                      pl.min_horizontal("through", pl.col("posted_from") - day, pl.col("first_period_date") - day,
+                                        "_regular_after").alias("through"))
         .pipe(bill_dates.with_count_between, "window_after", "through", "n_dates")
-        .select(windows.columns + ["window_after", "paid_from"]).collect()
+        .select(windows.columns + ["window_after"]).collect()
     )
 
 
