@@ -187,6 +187,11 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
         .pipe(with_date_back)
         .with_columns((pl.coalesce("first_bill_date", "start_date") < pl.col("posted_from")).fill_null(False)
                       .alias("_starts_earlier"))
+        # Its time before the first period is owed now, and was never paid: its periods are paid
+        # from the first one on. (Any other series counts a period's days before the first one as
+        # paid: they were not owed, and a date opened back is measured by how near it lies to
+        # the end of the paid time, as every date after it is.)
+        .with_columns(pl.when("_starts_earlier").then(pl.col("first_period_date")).alias("paid_from"))
         .filter((pl.col("n_dates") > 0) | pl.col("_date_back") | pl.col("_starts_earlier"))
     ).collect()
     regular = pl.concat([windows.filter(~pl.col("_date_back")).with_columns(pl.col("last_bill_date").alias("window_after")),
@@ -212,10 +217,8 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
                       (pl.col("next_bill_date") - pl.duration(days=1)).alias("period_end"),
                       pl.coalesce("first_bill_date", "start_date").alias("series_from"))
         # (Only after an edit of the schedule: on every other night paid_through is the day
-        # before the next bill date, and nothing is paid of the periods in the window. The paid
-        # time starts at the first period: a date before it, `opened_back` or `early_windows`,
-        # is not paid for its days before that.)
-        .filter(~mostly_paid(pl.coalesce("first_period_date", "bill_date"), pl.col("paid_through")))
+        # before the next bill date, and nothing is paid of the periods in the window.)
+        .filter(~mostly_paid(pl.coalesce("paid_from", "bill_date"), pl.col("paid_through")))
         .select(*DUE_COLUMNS, "contract_key")
     ).collect().lazy()
     unposted = periods
@@ -330,7 +333,8 @@ def early_windows(windows: pl.DataFrame, regular: pl.DataFrame) -> pl.DataFrame:
     window (after the latest bill date posted, or `opened_back`), whichever comes first. So its
     dates are neither in the ledger (all its periods are on or after the first one: an older
     ledger's entries without a series start included) nor in the other window. They are
-    measured against the days the periods posted pay for, from the first one to paid_through:
+    measured against the days the periods posted pay for, from the first one (`paid_from`) to
+    paid_through:
     K1 posted Jan 5, paid Jan 5-Feb 4; its start moved to Dec 20: Dec 20-Jan 19 posts, 15 of
     its 31 days paid. Once it posts, `posted_from` is the new start, and the window is gone. (A
     plan or billing day changed leaves the start as it was: it opens no window.)"""
