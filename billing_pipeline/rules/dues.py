@@ -187,14 +187,11 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
         .pipe(with_date_back)
         .with_columns((pl.coalesce("first_bill_date", "start_date") < pl.col("posted_from")).fill_null(False)
                       .alias("_starts_earlier"))
-        # Its time before the old start is owed now, and was never paid: a period's days count as
-        # paid (or not owed) from the old start on, or the first period if that is earlier (an
-        # older ledger's entries without a start). Any other series counts a period's days before
-        # the first one as paid, as they were not owed: a date opened back is measured by how
-        # near it lies to the end of the paid time, as every date after it is. (So a start moved
-        # a day earlier, adding no date, changes nothing.)
-        .with_columns(pl.when("_starts_earlier").then(pl.min_horizontal("posted_from", "first_period_date"))
-                      .alias("paid_from"))
+        # Its time before the first period is owed now, and was never paid: its periods are paid
+        # from the first one on. (Any other series counts a period's days before the first one as
+        # paid: they were not owed, and a date opened back is measured by how near it lies to
+        # the end of the paid time, as every date after it is.)
+        .with_columns(pl.when("_starts_earlier").then(pl.col("first_period_date")).alias("paid_from"))
         .filter((pl.col("n_dates") > 0) | pl.col("_date_back") | pl.col("_starts_earlier"))
     ).collect()
     regular = pl.concat([windows.filter(~pl.col("_date_back")).with_columns(pl.col("last_bill_date").alias("window_after")),
@@ -336,8 +333,8 @@ def early_windows(windows: pl.DataFrame, regular: pl.DataFrame) -> pl.DataFrame:
     window (after the latest bill date posted, or `opened_back`), whichever comes first. So its
     dates are neither in the ledger (all its periods are on or after the first one: an older
     ledger's entries without a series start included) nor in the other window. They are
-    measured against the days from the old start (`paid_from`) to paid_through, paid or not
-    owed:
+    measured against the days the periods posted pay for, from the first one (`paid_from`) to
+    paid_through:
     K1 posted Jan 5, paid Jan 5-Feb 4; its start moved to Dec 20: Dec 20-Jan 19 posts, 15 of
     its 31 days paid. Once it posts, `posted_from` is the new start, and the window is gone. (A
     plan or billing day changed leaves the start as it was: it opens no window.)"""
