@@ -561,6 +561,30 @@ def test_a_plan_made_monthly_does_not_open_back_before_the_first_period(tmp_path
     assert dues == [(D(2025, 12, 29),), (D(2026, 1, 5),), (D(2026, 1, 24),)]
 
 
+@pytest.mark.parametrize("rerun_first", [False, True])
+def test_a_start_moved_earlier_counts_the_days_before_the_first_period_as_unpaid_as_a_rerun_does(
+        tmp_path, rerun_first):
+    """Weekly K1 (Mondays) starts Tue Dec 23 (first period Dec 29) and posts Dec 29 and Jan 5;
+    the export then starts it Dec 10, monthly on the 24th. The month of Dec 24, opened back, is
+    paid Dec 29-Jan 11 only (14 of 31 days): it posts, on the next night as on a rerun of Jan 5
+    first. (With the start unchanged, the night counts Dec 24-28 as paid: they were not owed.)"""
+    def export(tag, frequency, monthly_day, start_date):
+        return write_export(tmp_path / f"data-{tag}",
+                            facilities=[facility(timezone="UTC", weekly_billing_day=1, monthly_billing_day=monthly_day)],
+                            plans=[plan(schedule="facility", frequency=frequency)],
+                            contracts=[contract("K1", start_date=start_date)])
+    db = tmp_path / "billing.duckdb"
+    run(export("weekly", "weekly", 1, D(2025, 12, 23)), db, D(2025, 12, 29), D(2026, 1, 6))
+    data = export("monthly", "monthly", 24, D(2025, 12, 10))
+    if rerun_first:
+        run(data, db, D(2026, 1, 5), D(2026, 1, 5))
+    summaries = run(data, db, D(2026, 1, 7), D(2026, 1, 8)) + run(data, db, D(2026, 1, 24), D(2026, 1, 24))
+    assert all(s.ledger_problems == {name: 0 for name in s.ledger_problems} for s in summaries)
+    with duckdb.connect(str(db), read_only=True) as conn:
+        dues = conn.sql("SELECT bill_date FROM ledger WHERE kind = 'dues' ORDER BY 1").fetchall()
+    assert dues == [(D(2025, 12, 24),), (D(2025, 12, 29),), (D(2026, 1, 5),), (D(2026, 1, 24),)]
+
+
 def test_a_series_moved_later_then_before_its_first_period_bills_the_time_before_not_the_gap(tmp_path):
     """K1 (from Jan 1) posts Jan 1 and Feb 1; its first bill date moves to Apr 1 (March left
     unbilled: billing resumes in April); then the export starts it on Dec 1 with no first bill
