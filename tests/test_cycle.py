@@ -479,9 +479,7 @@ def test_a_start_moved_earlier_with_the_plan_made_monthly_posts_each_date_once(t
     run(export("weekly", "weekly", D(2026, 1, 5)), db, D(2026, 1, 5), D(2026, 1, 6))
     data = export("monthly", "monthly", D(2025, 12, 20))
     summaries = run(data, db, D(2026, 1, 7), D(2026, 1, 8))
-    assert all(s.ledger_problems == {name: 0 for name in s.ledger_problems} for s in summaries)
-    with duckdb.connect(str(db), read_only=True) as conn:
-        dues = conn.sql("SELECT bill_date, period_end FROM ledger WHERE kind = 'dues' ORDER BY 1").fetchall()
+    dues = posted_periods(db, summaries, "bill_date, period_end")
     assert dues == expected
     assert_a_rerun_changes_nothing(data, db, D(2026, 1, 7))
 
@@ -535,10 +533,28 @@ def test_a_plan_or_billing_day_changed_bills_nothing_before_the_first_period(tmp
     run(export("monthly", "A"), db, D(2026, 1, 31), D(2026, 2, 1))
     data = export("weekly", "A") if edit == "made_weekly" else export("monthly", "B")
     summaries = run(data, db, D(2026, 2, 2), D(2026, 2, 4)) + run(data, db, expected[-1], expected[-1])
+    dues = posted_periods(db, summaries, "bill_date")
+    assert dues == [(d,) for d in expected]
+
+
+def posted_periods(db: Path, summaries: list, columns: str = "bill_date") -> list[tuple]:
+    """The dues periods in the ledger (`columns`, by bill date), after runs whose ledger checks
+    all found nothing."""
     assert all(s.ledger_problems == {name: 0 for name in s.ledger_problems} for s in summaries)
     with duckdb.connect(str(db), read_only=True) as conn:
-        dues = conn.sql("SELECT bill_date FROM ledger WHERE kind = 'dues' ORDER BY 1").fetchall()
-    assert dues == [(d,) for d in expected]
+        return conn.sql(f"SELECT {columns} FROM ledger WHERE kind = 'dues' ORDER BY bill_date").fetchall()
+
+
+def weekly_from_dec_23_made_monthly_on_the_24th(tmp_path: Path, db: Path, start_date: dt.date) -> Path:
+    """Weekly K1 (Mondays) from Tue Dec 23 (first period Dec 29) runs Dec 29-Jan 6 (posting Dec 29
+    and Jan 5); returns the export that makes it monthly on the 24th, starting on `start_date`."""
+    def export(tag, frequency, monthly_day, start):
+        return write_export(tmp_path / f"data-{tag}",
+                            facilities=[facility(timezone="UTC", weekly_billing_day=1, monthly_billing_day=monthly_day)],
+                            plans=[plan(schedule="facility", frequency=frequency)],
+                            contracts=[contract("K1", start_date=start)])
+    run(export("weekly", "weekly", 1, D(2025, 12, 23)), db, D(2025, 12, 29), D(2026, 1, 6))
+    return export("monthly", "monthly", 24, start_date)
 
 
 def test_a_plan_made_monthly_does_not_open_back_before_the_first_period(tmp_path):
@@ -546,18 +562,10 @@ def test_a_plan_made_monthly_does_not_open_back_before_the_first_period(tmp_path
     Jan 5 (paid through Jan 11). Made monthly on the 24th, its start unchanged: the month of Dec 24
     lies nearer the paid time's start than Jan 24 its end (Dec 24-28 were never owed: the plan
     change does not make them so), and the series goes on Jan 24."""
-    def export(tag, frequency, monthly_day):
-        return write_export(tmp_path / f"data-{tag}",
-                            facilities=[facility(timezone="UTC", weekly_billing_day=1, monthly_billing_day=monthly_day)],
-                            plans=[plan(schedule="facility", frequency=frequency)],
-                            contracts=[contract("K1", start_date=D(2025, 12, 23))])
     db = tmp_path / "billing.duckdb"
-    run(export("weekly", "weekly", 1), db, D(2025, 12, 29), D(2026, 1, 6))
-    data = export("monthly", "monthly", 24)
+    data = weekly_from_dec_23_made_monthly_on_the_24th(tmp_path, db, D(2025, 12, 23))
     summaries = run(data, db, D(2026, 1, 7), D(2026, 1, 8)) + run(data, db, D(2026, 1, 24), D(2026, 1, 24))
-    assert all(s.ledger_problems == {name: 0 for name in s.ledger_problems} for s in summaries)
-    with duckdb.connect(str(db), read_only=True) as conn:
-        dues = conn.sql("SELECT bill_date FROM ledger WHERE kind = 'dues' ORDER BY 1").fetchall()
+    dues = posted_periods(db, summaries, "bill_date")
     assert dues == [(D(2025, 12, 29),), (D(2026, 1, 5),), (D(2026, 1, 24),)]
 
 
@@ -568,20 +576,12 @@ def test_a_start_moved_earlier_counts_the_days_before_the_first_period_as_unpaid
     the export then starts it Dec 10, monthly on the 24th. The month of Dec 24, opened back, is
     paid Dec 29-Jan 11 only (14 of 31 days): it posts, on the next night as on a rerun of Jan 5
     first. (With the start unchanged, the night counts Dec 24-28 as paid: they were not owed.)"""
-    def export(tag, frequency, monthly_day, start_date):
-        return write_export(tmp_path / f"data-{tag}",
-                            facilities=[facility(timezone="UTC", weekly_billing_day=1, monthly_billing_day=monthly_day)],
-                            plans=[plan(schedule="facility", frequency=frequency)],
-                            contracts=[contract("K1", start_date=start_date)])
     db = tmp_path / "billing.duckdb"
-    run(export("weekly", "weekly", 1, D(2025, 12, 23)), db, D(2025, 12, 29), D(2026, 1, 6))
-    data = export("monthly", "monthly", 24, D(2025, 12, 10))
+    data = weekly_from_dec_23_made_monthly_on_the_24th(tmp_path, db, D(2025, 12, 10))
     if rerun_first:
         run(data, db, D(2026, 1, 5), D(2026, 1, 5))
     summaries = run(data, db, D(2026, 1, 7), D(2026, 1, 8)) + run(data, db, D(2026, 1, 24), D(2026, 1, 24))
-    assert all(s.ledger_problems == {name: 0 for name in s.ledger_problems} for s in summaries)
-    with duckdb.connect(str(db), read_only=True) as conn:
-        dues = conn.sql("SELECT bill_date FROM ledger WHERE kind = 'dues' ORDER BY 1").fetchall()
+    dues = posted_periods(db, summaries, "bill_date")
     assert dues == [(D(2025, 12, 24),), (D(2025, 12, 29),), (D(2026, 1, 5),), (D(2026, 1, 24),)]
 
 
@@ -599,9 +599,7 @@ def test_a_series_moved_later_then_before_its_first_period_bills_the_time_before
     run(export("later", first_bill_date=D(2026, 4, 1)), db, D(2026, 3, 1), D(2026, 4, 1))
     data = export("back", start_date=D(2025, 12, 1))
     summaries = run(data, db, D(2026, 4, 2), D(2026, 4, 3)) + run(data, db, D(2026, 5, 1), D(2026, 5, 1))
-    assert all(s.ledger_problems == {name: 0 for name in s.ledger_problems} for s in summaries)
-    with duckdb.connect(str(db), read_only=True) as conn:
-        dues = conn.sql("SELECT bill_date, business_date FROM ledger WHERE kind = 'dues' ORDER BY 1").fetchall()
+    dues = posted_periods(db, summaries, "bill_date, business_date")
     assert dues == [(D(2025, 12, 1), D(2026, 4, 2)), (D(2026, 1, 1), D(2026, 1, 1)), (D(2026, 2, 1), D(2026, 2, 1)),
                     (D(2026, 4, 1), D(2026, 4, 1)), (D(2026, 5, 1), D(2026, 5, 1))]
     assert_a_rerun_changes_nothing(data, db, D(2026, 4, 2))

@@ -18,9 +18,9 @@ against the periods posted on its date or later and the latest one before (`stan
 
 A series edited to start earlier than it did when its periods posted (its start date or first
 bill date moved before the earliest one they were posted under: `series_from`) is looked at from
-its new start up to its first period as well (`early_windows`): such a date, never posted, posts
-when mostly unpaid by the periods posted, on any night. A plan or billing day changed moves the
-series but not where it starts from: nothing before its first period is billed then.
+its new start up to the old one as well (`early_windows`): such a date, never posted, posts when
+mostly unpaid by the periods posted, on any night. A plan or billing day changed moves the
+series but not where it starts from: it opens no window before the first period.
 """
 
 from __future__ import annotations
@@ -334,9 +334,8 @@ def early_windows(windows: pl.DataFrame, regular: pl.DataFrame) -> pl.DataFrame:
     dates are neither in the ledger (all its periods are on or after the first one: an older
     ledger's entries without a series start included) nor in the other window. They are
     measured against the days the periods posted pay for, from the first one (`paid_from`) to
-    paid_through:
-    K1 posted Jan 5, paid Jan 5-Feb 4; its start moved to Dec 20: Dec 20-Jan 19 posts, 15 of
-    its 31 days paid. Once it posts, `posted_from` is the new start, and the window is gone. (A
+    paid_through: K1 posted Jan 5, paid Jan 5-Feb 4; its start moved to Dec 20: Dec 20-Jan 19
+    posts, 15 of its 31 days paid. Once it posts, `posted_from` is the new start, and the window is gone. (A
     plan or billing day changed leaves the start as it was: it opens no window.)"""
     day = pl.duration(days=1)
     return (
