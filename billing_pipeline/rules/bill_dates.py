@@ -84,6 +84,11 @@ SHIFT_DAYS = {"weekly": 0, "biweekly": 7}
 SHIFT_MONTHS = {"monthly": 0, "quarterly": 2, "yearly": 11}
 
 
+def series_from() -> pl.Expr:
+    """The date a contract's series counts from: its first bill date, else its start date."""
+    return pl.coalesce("first_bill_date", "start_date")
+
+
 def with_schedule(frame: pl.LazyFrame) -> pl.LazyFrame:
     """Adds the series columns to contract + plan + facility rows.
 
@@ -95,7 +100,7 @@ def with_schedule(frame: pl.LazyFrame) -> pl.LazyFrame:
     freq, fbd = pl.col("frequency"), pl.col("first_bill_date")
     steps = frame.with_columns(
         *step_columns(freq),
-        pl.coalesce(fbd, pl.col("start_date")).alias("_from"),
+        series_from().alias("_from"),
         (pl.col("schedule") == "contract").fill_null(False).alias("_rolling"),
     ).collect().lazy()  # read by each kind below
     # Rolling: the series starts on the first bill date (or start date) and keeps its day.

@@ -185,7 +185,7 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
         .pipe(bill_dates.with_schedule)
         .pipe(bill_dates.with_count_between, "last_bill_date", "through", "n_dates")
         .pipe(with_date_back)
-        .with_columns((pl.coalesce("first_bill_date", "start_date") < pl.col("posted_from")).fill_null(False)
+        .with_columns((bill_dates.series_from() < pl.col("posted_from")).fill_null(False)
                       .alias("_starts_earlier"))
         # Its time before the first period is owed now, and was never paid: its periods are paid
         # from the first one on. (Any other series counts a period's days before the first one as
@@ -215,7 +215,7 @@ def due_periods(processed: pl.LazyFrame, last_posted: pl.LazyFrame, timeline: pl
         .with_columns(pl.when(pl.col("kind") == "dues").then(pl.col("amount_cents"))
                       .otherwise(pl.col("freeze_fee_cents")).alias("amount_cents"),
                       (pl.col("next_bill_date") - pl.duration(days=1)).alias("period_end"),
-                      pl.coalesce("first_bill_date", "start_date").alias("series_from"))
+                      bill_dates.series_from().alias("series_from"))
         # (Only after an edit of the schedule: on every other night paid_through is the day
         # before the next bill date, and nothing is paid of the periods in the window.)
         .filter(~mostly_paid(pl.coalesce("paid_from", "bill_date"), pl.col("paid_through")))
@@ -335,8 +335,8 @@ def early_windows(windows: pl.DataFrame, regular: pl.DataFrame) -> pl.DataFrame:
     ledger's entries without a series start included) nor in the other window. They are
     measured against the days the periods posted pay for, from the first one (`paid_from`) to
     paid_through: K1 posted Jan 5, paid Jan 5-Feb 4; its start moved to Dec 20: Dec 20-Jan 19
-    posts, 15 of its 31 days paid. Once it posts, `posted_from` is the new start, and the window is gone. (A
-    plan or billing day changed leaves the start as it was: it opens no window.)"""
+    posts, 15 of its 31 days paid. Once it posts, `posted_from` is the new start, and the window
+    is gone. (A plan or billing day changed leaves the start as it was: it opens no window.)"""
     day = pl.duration(days=1)
     return (
         windows.lazy().drop("_lo", "_hi", "n_dates")
