@@ -9,6 +9,7 @@ window), or one date for every facility.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from dataclasses import dataclass, field
 
@@ -652,6 +653,7 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
         .join(night.inputs.facilities.select("facility_id", "surcharge_enabled", "surcharge_percent",
                                              "surcharge_product_id"), on="facility_id")
         .lazy()).collect()
+    settle_earlier_requests(conn, planned, days, gateway)
     with transaction(conn):
         unrequested = query(conn, "SELECT b.* FROM _billable b ANTI JOIN charge_requests r USING (customer_id, business_date)",
                             _billable=billable.select(keys))
@@ -667,21 +669,9 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
                key="idempotency_key")
         execute(conn, """INSERT INTO unanswered_charge_days SELECT DISTINCT facility_id, business_date FROM _new
                        ON CONFLICT DO NOTHING""", _new=new.select("facility_id", "business_date"))
-    # Requests written earlier are always sent: a later day held their customers
-    # (`charge_pending`), and the gateway answers a key it already charged from its record.
-    # An attempt has its request's date (the key holds it): the date range keeps the anti join
-    # off the attempts of every earlier day (0.5 s a night at 90 days of history).
-    dates = days.get_column("business_date")
-    pending = query(conn, """
-        SELECT r.* FROM charge_requests r JOIN _days d USING (facility_id, business_date)
-        ANTI JOIN (SELECT idempotency_key FROM billing_attempts WHERE business_date BETWEEN $lo AND $hi) a
-             USING (idempotency_key)
-        WHERE r.business_date BETWEEN $lo AND $hi ORDER BY r.idempotency_key""",
-                    params={"lo": dates.min(), "hi": dates.max()}, _days=days.select("facility_id", "business_date"))
-    requests = pending.select("idempotency_key", "business_date", "facility_id", "customer_id", "payment_method_id",
-                              "token", "amount_cents", "surcharge_cents", "surcharge_product_id",
-                              (pl.col("amount_cents") + pl.col("surcharge_cents")).alias("charge_cents"))
-
+    # This run's requests, and those of a run of these days that died before hearing back, as
+    # written (`settle_earlier_requests` struck off those that must not go out as written).
+    requests = as_sent(unanswered_requests(conn, days))
     sent = run_charges(requests, gateway, settings.charging, lambda outcomes: record_outcomes(conn, outcomes))
     # Every request of the batch's days has its outcome now (errors included).
     execute(conn, """DELETE FROM unanswered_charge_days u USING _days d
@@ -691,6 +681,55 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
         SELECT a.* FROM billing_attempts a JOIN _days d USING (facility_id, business_date)
         ORDER BY idempotency_key""", _days=days.select("facility_id", "business_date"))
     return attempts, sent, held.height
+
+
+def unanswered_requests(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame) -> pl.DataFrame:
+    """The facility-days' charge requests without an outcome. An attempt has its request's date
+    (the key holds it): the date range keeps the anti join off the attempts of every earlier
+    day (0.5 s a night at 90 days of history)."""
+    dates = days.get_column("business_date")
+    return query(conn, """
+        SELECT r.* FROM charge_requests r JOIN _days d USING (facility_id, business_date)
+        ANTI JOIN (SELECT idempotency_key FROM billing_attempts WHERE business_date BETWEEN $lo AND $hi) a
+             USING (idempotency_key)
+        WHERE r.business_date BETWEEN $lo AND $hi ORDER BY r.idempotency_key""",
+                 params={"lo": dates.min(), "hi": dates.max()}, _days=days.select("facility_id", "business_date"))
+
+
+def settle_earlier_requests(conn: duckdb.DuckDBPyConnection, planned: pl.DataFrame, days: pl.DataFrame,
+                            gateway: PaymentGateway) -> None:
+    """Settles the requests an earlier run of these days wrote, never heard back on, and that
+    this billing (`planned`) would not send as written: the export changed since (the customer
+    paid at the desk, the card was removed, the balance moved). Such a request may have reached
+    the gateway. A gateway that can tell (`answered`) settles it: a key it answered is recorded
+    with that answer, whatever tonight's billing says (the money moved); a key it never saw is
+    struck off, and its customer goes on as any other this billing has not requested yet
+    (charged as it says, under the same key, or held, or not billed). A gateway that cannot
+    tell is sent the request as written: it may have gone through."""
+    answered = getattr(gateway, "answered", None)
+    if answered is None:
+        return
+    same = ["idempotency_key", "facility_id", "payment_method_id", "token", "amount_cents", "surcharge_cents"]
+    stale = unanswered_requests(conn, days).join(planned.select(same), on=same, how="anti", nulls_equal=True)
+    if stale.is_empty():
+        return
+    known = asyncio.run(answered(stale.get_column("idempotency_key")))
+    settled = stale.join(known, on="idempotency_key")
+    if settled.height:
+        record_outcomes(conn, as_sent(settled).join(settled.select(
+            "idempotency_key", "outcome", "decline_code", "reference",
+            pl.lit("answered from the gateway's record: the run that sent it stopped before hearing back")
+            .alias("message"), pl.lit(None, pl.Int32).alias("tries"),
+            pl.lit(dt.datetime.now(dt.UTC), pl.Datetime("us", "UTC")).alias("completed_at")), on="idempotency_key"))
+    execute(conn, "DELETE FROM charge_requests WHERE idempotency_key IN (SELECT idempotency_key FROM _unsent)",
+            _unsent=stale.join(known, on="idempotency_key", how="anti").select("idempotency_key"))
+
+
+def as_sent(requests: pl.DataFrame) -> pl.DataFrame:
+    """`charge_requests` rows as `run_charges` sends them and `record_outcomes` records them."""
+    return requests.select("idempotency_key", "business_date", "facility_id", "customer_id", "payment_method_id",
+                           "token", "amount_cents", "surcharge_cents", "surcharge_product_id",
+                           (pl.col("amount_cents") + pl.col("surcharge_cents")).alias("charge_cents"))
 
 
 def billed_as_of(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame) -> pl.DataFrame:

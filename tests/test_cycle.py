@@ -921,6 +921,68 @@ def test_dues_held_behind_a_killed_days_charge_are_billed_once_that_day_is_rerun
     assert balances == [(0,)]
 
 
+@pytest.mark.parametrize("gateway_can_tell", [True, False])
+def test_a_killed_days_requests_are_settled_by_the_gateways_record_when_the_export_changed(tmp_path, monkeypatch,
+                                                                                            gateway_can_tell):
+    """Jan 1's charging dies after the gateway took C1's and C2's charges (5000 each) and before
+    it heard of C3-C5's. Before the rerun the export changes: C2 and C3 paid 5000 at the desk,
+    C4 paid 2000, C5 replaced their card. A gateway that can tell which keys it answered: C1 and
+    C2 are recorded as it charged them (C2 has paid twice, and its ledger says so); C3 is not
+    charged, C4 is charged 3000 and C5 on the new card, under the same keys. A gateway that
+    cannot tell is sent every request as written: any of them may have gone through."""
+    from billing_pipeline.gateway.simulated import SimulatedGateway
+
+    customers = ["C1", "C2", "C3", "C4", "C5"]
+    rows = dict(facilities=[facility(timezone="UTC")], customers=[customer(c) for c in customers],
+                contracts=[contract(f"K{c}", customer_id=c) for c in customers],
+                payment_methods=[card(c) for c in customers])
+    data = write_export(tmp_path / "data", **rows)
+    db = tmp_path / "billing.duckdb"
+    original = SimulatedGateway.charge
+
+    async def dies_after_c1_and_c2(self, requests):
+        await original(self, requests.filter(pl.col("customer_id").is_in(["C1", "C2"])))
+        raise ChargingCrashed
+    with monkeypatch.context() as patched:
+        patched.setattr(SimulatedGateway, "charge", dies_after_c1_and_c2)
+        with pytest.raises(ChargingCrashed):
+            run(data, db, D(2026, 1, 1), D(2026, 1, 1))
+    if not gateway_can_tell:
+        monkeypatch.delattr(SimulatedGateway, "answered")
+
+    def paid(customer_id, cents):
+        return dict(payment_id=f"P{customer_id}", customer_id=customer_id, facility_id="F1", amount_cents=cents,
+                    paid_date=D(2026, 1, 1), channel="terminal")
+    write_export(tmp_path / "data", **{**rows, "payments": [paid("C2", 5000), paid("C3", 5000), paid("C4", 2000)],
+                                       "payment_methods": [card(c) for c in customers[:4]]
+                                       + [card("C5", removed=True), card("C5", payment_method_id="PM-C5-new")]})
+    run(data, db, D(2026, 1, 1), D(2026, 1, 1))
+
+    gateway = sqlite3.connect(db.with_name("billing.gateway.sqlite"))
+    captured = {(c, m): cents for c, m, cents in gateway.execute(
+        "SELECT customer_id, payment_method_id, amount_cents FROM charges WHERE outcome = 'approved'")}
+    with duckdb.connect(str(db), read_only=True) as conn:
+        attempts = {(c, m): cents for c, m, cents in conn.execute(
+            "SELECT customer_id, payment_method_id, amount_cents FROM billing_attempts WHERE outcome = 'approved'")
+            .fetchall()}
+        unanswered = conn.execute("SELECT count(*) FROM charge_requests ANTI JOIN billing_attempts "
+                                  "USING (idempotency_key)").fetchone()[0]
+        billable = dict(conn.execute("SELECT customer_id, coalesce(hold_reason, balance_cents::VARCHAR) "
+                                     "FROM billable_customers").fetchall())
+        payments = dict(conn.execute("SELECT customer_id, -sum(amount_cents) FROM ledger WHERE kind = 'billing_payment' "
+                                     "GROUP BY ALL").fetchall())
+    assert captured == attempts  # what the gateway took, recorded once each
+    assert payments == {c: cents for (c, _), cents in attempts.items()}
+    assert unanswered == 0
+    if gateway_can_tell:
+        assert billable == {"C1": "5000", "C4": "3000", "C5": "5000"}
+        assert attempts == {("C1", "PM-C1"): 5000, ("C2", "PM-C2"): 5000, ("C4", "PM-C4"): 3000,
+                            ("C5", "PM-C5-new"): 5000}
+    else:
+        assert attempts == {(c, f"PM-{c}"): 5000 for c in customers}
+    assert_a_rerun_changes_nothing(data, db, D(2026, 1, 1))
+
+
 def test_the_ledger_check_finds_a_posting_listed_with_other_values_than_posted(tmp_path):
     """dues_postings edited by hand to another amount: the check after the run's day finds it, and
     a rerun of the day puts it right."""

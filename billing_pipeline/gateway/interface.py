@@ -41,3 +41,11 @@ class PaymentGateway(Protocol):
         """Charges each request (REQUEST_SCHEMA) at most once per idempotency key: a repeated key
         is answered with its first answer. Returns one row per request (ANSWER_SCHEMA)."""
         ...
+
+    # Optional (the pipeline asks `getattr(gateway, "answered", None)`): a gateway that can say,
+    # without charging, which keys it has already answered. Without it, a request written by a
+    # run that died before hearing back is sent as written, since it may have gone through.
+    async def answered(self, keys: pl.Series) -> pl.DataFrame:
+        """The answers on record for these idempotency keys (ANSWER_SCHEMA), charging nothing:
+        a key the gateway never charged (or declined) has no row."""
+        ...

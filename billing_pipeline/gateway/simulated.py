@@ -62,6 +62,17 @@ class SimulatedGateway:
             answered = await storing
         return pl.concat([errors, answered.with_columns(pl.lit(None, pl.String).alias("message"))]).cast(ANSWER_SCHEMA)
 
+    async def answered(self, keys: pl.Series) -> pl.DataFrame:
+        """The answers on record for these keys, charging nothing (`error` answers are not kept)."""
+        def read() -> list[tuple]:
+            with self._lock:
+                return self._db.execute(
+                    "SELECT idempotency_key, outcome, decline_code, reference FROM charges "
+                    "WHERE idempotency_key IN (SELECT value FROM json_each(?))", (json.dumps(keys.to_list()),)).fetchall()
+        rows = await asyncio.to_thread(read)
+        return (pl.DataFrame(rows, schema=["idempotency_key", "outcome", "decline_code", "reference"], orient="row")
+                .with_columns(pl.lit(None, pl.String).alias("message")).cast(ANSWER_SCHEMA))
+
     def decide(self, requests: pl.DataFrame) -> pl.DataFrame:
         """The answer to each request if its key is new."""
         by_token = pl.col("token").str.starts_with("decline_")
