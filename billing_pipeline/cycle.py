@@ -352,30 +352,18 @@ def select_billable(conn: duckdb.DuckDBPyConnection, night: Night, settings: Cyc
                  AND NOT coalesce(c.run_at <= h.previous_run_at AND c.business_date <= h.previous_business_date
                                    AND {arrived} <= h.previous_billed_first_at, false)"""
     # due_contracts holds every period due (before holds), dues_postings those that posted.
-    # `listed_before`: a period held on an earlier day is due again, and held again, until its
-    # hold is lifted (a duplicate not fixed yet); `prebilling.billing_blocks` counts such a
-    # customer on the night their dues first came due, not every night after.
     due = query(conn, f"""
-        WITH tonight AS (SELECT * FROM due_contracts WHERE business_date >= $since),
-             earlier AS (SELECT DISTINCT e.contract_id, e.bill_date, e.business_date FROM due_contracts e
-                         SEMI JOIN tonight t ON e.contract_id = t.contract_id AND e.bill_date = t.bill_date
-                                            AND e.business_date < t.business_date),
-             dues AS (SELECT t.customer_id, t.amount_cents, t.business_date, t.facility_id, false AS posted,
-                             EXISTS (SELECT 1 FROM earlier e WHERE e.contract_id = t.contract_id
-                                     AND e.bill_date = t.bill_date AND e.business_date < t.business_date)
-                                 AS listed_before
-                      FROM tonight t
+        WITH dues AS (SELECT customer_id, amount_cents, business_date, facility_id, false AS posted FROM due_contracts
+                      WHERE business_date >= $since
                       UNION ALL
-                      SELECT customer_id, amount_cents, business_date, facility_id, true, false FROM dues_postings
+                      SELECT customer_id, amount_cents, business_date, facility_id, true FROM dues_postings
                       WHERE business_date >= $since),
              homes AS (SELECT k.customer_id, k.business_date, r.run_at, r.previous_run_at, r.previous_business_date,
                               r.previous_billed_first_at, r.billed_first_at
                        FROM _keys k JOIN _runs r USING (facility_id, business_date))
         SELECT h.customer_id, h.business_date,
                sum(c.amount_cents) FILTER (WHERE NOT c.posted)::BIGINT AS due_cents,
-               sum(c.amount_cents) FILTER (WHERE c.posted)::BIGINT AS posted_cents,
-               bool_and(c.listed_before) FILTER (WHERE NOT c.posted)
-                   AND count(*) FILTER (WHERE c.posted) = 0 AS dues_listed_before
+               sum(c.amount_cents) FILTER (WHERE c.posted)::BIGINT AS posted_cents
         FROM homes h
         JOIN (dues d JOIN processed_days p USING (facility_id, business_date)) c
           ON c.customer_id = h.customer_id AND {counted}
@@ -499,8 +487,7 @@ def with_more_dues(due: pl.DataFrame, more: pl.DataFrame) -> pl.DataFrame:
     keys = ["customer_id", "business_date"]
     return (due.join(more, on=keys, how="full", coalesce=True)
             .select(*keys, *(pl.sum_horizontal(column, "more_cents").alias(column)
-                             for column in ("due_cents", "posted_cents")),
-                    (pl.col("dues_listed_before") & pl.col("more_cents").is_null()).alias("dues_listed_before")))
+                             for column in ("due_cents", "posted_cents"))))
 
 
 def rolling_holds(conn: duckdb.DuckDBPyConnection, night: Night, day_settings: pl.DataFrame) -> pl.DataFrame:

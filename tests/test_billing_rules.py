@@ -291,7 +291,6 @@ def blocks(per_facility: dict[str, tuple], share: float = prebilling.DEFAULT_BLO
         days.append((day, fid, key))
     cand_f = pl.DataFrame(cand, orient="row", schema={"business_date": pl.Date, "facility_id": pl.String,
                                                       "customer_id": pl.String})
-    cand_f = cand_f.with_columns(pl.lit(["dues_posted"]).alias("reasons"), pl.lit(False).alias("dues_listed_before"))
     flag_f = pl.DataFrame(flagged, orient="row", schema={"business_date": pl.Date, "customer_id": pl.String})
     days_f = pl.DataFrame(days, orient="row", schema={"business_date": pl.Date, "facility_id": pl.String,
                                                       "partition_key": pl.String})
@@ -316,23 +315,6 @@ def test_block_share_is_over_the_whole_window():
         "F1": False, "F2": False, "F3": True}
     # And a bad facility blocks its whole window.
     assert blocks({"F1": ("W1", 10, 5), "F2": ("W1", 10, 0)}) == {"F1": True, "F2": True}
-
-
-def test_a_customer_held_again_for_dues_held_before_does_not_count_in_the_block_share():
-    """F1 bills 40 customers tonight; A000's duplicate held its dues on an earlier night and holds
-    them again (their only reason tonight): 1 of 41 (2.4 %) would block every night until fixed.
-    Counted on the night they first came due, or with another reason tonight (a sweep), they do."""
-    def blocked(listed_before: bool, reasons: list[str]) -> bool:
-        others = [dict(customer_id=f"C{i:02d}", reasons=["dues_posted"], dues_listed_before=False) for i in range(40)]
-        cand = pl.DataFrame([*others, dict(customer_id="A000", reasons=reasons, dues_listed_before=listed_before)])
-        cand = cand.with_columns(pl.lit(DAY).alias("business_date"), pl.lit("F1").alias("facility_id"))
-        flagged = pl.DataFrame({"business_date": [DAY], "customer_id": ["A000"]})
-        days = pl.DataFrame({"business_date": [DAY], "facility_id": ["F1"], "partition_key": ["W"]})
-        return prebilling.billing_blocks(cand.lazy(), flagged.lazy(), days.lazy(), 0.02).collect().item(0, "blocked")
-
-    assert blocked(listed_before=False, reasons=["dues_posted"])
-    assert not blocked(listed_before=True, reasons=["dues_posted"])
-    assert blocked(listed_before=True, reasons=["dues_posted", "sweep_fixed"])
 
 
 def test_block_share_is_per_business_date_of_the_window():

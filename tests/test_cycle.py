@@ -1126,38 +1126,6 @@ def test_block_posts_dues_and_charges_no_one(tmp_path):
     assert summary.blocked_facility_days == [] and summary.approved == 1
 
 
-def test_a_duplicate_not_fixed_blocks_the_night_its_dues_come_due_not_every_night_after(tmp_path):
-    """A000 holds two contracts of one plan from Feb 10. Feb 10: 1 flagged of 31 due (3.2 %):
-    blocked. Feb 11 and Feb 12: A000's held
-    periods are due and held again, with 30 other customers due each night: counted again, one
-    stuck member would block the facility every night. Held and listed, not counted."""
-    others = {day: [f"B{day}{i:02d}" for i in range(30)] for day in (10, 11, 12)}
-    everyone = ["A000", *(c for day in others.values() for c in day)]
-    data = write_export(
-        tmp_path / "data", facilities=[facility(timezone="UTC")], customers=[customer(c) for c in everyone],
-        contracts=[contract("KA000", customer_id="A000", start_date=D(2026, 2, 10)),
-                   contract("KDUP", customer_id="A000", start_date=D(2026, 2, 10)),
-                   *(contract(f"K{c}", customer_id=c, start_date=D(2026, 2, day))
-                     for day, customers in others.items() for c in customers)],
-        payment_methods=[card(c) for c in everyone])
-    db = tmp_path / "billing.duckdb"
-    [feb10] = run(data, db, D(2026, 2, 10), D(2026, 2, 10))
-    [feb11, feb12] = run(data, db, D(2026, 2, 11), D(2026, 2, 12))
-    assert feb10.blocked_facility_days == ["F1 2026-02-10"] and feb10.approved == 0
-    assert feb11.blocked_facility_days == feb12.blocked_facility_days == []
-    assert feb11.approved == feb12.approved == 30
-    with duckdb.connect(str(db), read_only=True) as conn:
-        held = conn.sql("SELECT business_date, hold_reason FROM billable_customers WHERE customer_id = 'A000' "
-                        "ORDER BY 1").fetchall()
-        counted = conn.sql("SELECT business_date, billable_customers, flagged_customers FROM billing_blocks "
-                           "ORDER BY 1").fetchall()
-        listed = conn.sql("SELECT DISTINCT business_date FROM duplicate_contracts ORDER BY 1").fetchall()
-    assert held == [(D(2026, 2, day), "duplicate_contract") for day in (10, 11, 12)]
-    assert counted == [(D(2026, 2, 10), 31, 1), (D(2026, 2, 11), 30, 0), (D(2026, 2, 12), 30, 0)]
-    assert listed == [(D(2026, 2, day),) for day in (10, 11, 12)]
-    assert_a_rerun_changes_nothing(data, db, D(2026, 2, 11))
-
-
 def test_one_facility_run_alone_is_blocked_or_billed_as_its_window_decides(tmp_path):
     """F1 alone: 1 flagged of 2 (50 %); with F2's 50 customers in its window: 1 of 52 (under 2 %).
     `run --facility F1` counts F2 as F2's last run stored it, as the whole window would."""

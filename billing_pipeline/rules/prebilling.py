@@ -72,16 +72,12 @@ def billing_blocks(candidates: pl.LazyFrame, flagged: pl.LazyFrame, facility_day
     The share is flagged customers among those who would be billed that day before holds, over
     the window's (partition_key) facility-days of that business date: a window holds two dates
     when facilities 24 hours apart share its UTC hour, and `billing-pipeline run` (a date at a
-    time) must decide as the Dagster partition does. No one to bill: no block. A candidate whose
-    one reason is dues already due and held on an earlier night (`dues_listed_before`: a
-    duplicate not fixed yet, its periods due again each night) is held and listed again but not
-    counted: nightly, one stuck member would keep a small facility blocked.
+    time) must decide as the Dagster partition does. No one to bill: no block.
     `neighbours`: partition_key, business_date, billable_customers, flagged_customers of the
     windows' facility-days outside the batch (a batch of one facility), counted in the share.
     """
-    relisted = pl.col("dues_listed_before").fill_null(False) & (pl.col("reasons").list.len() == 1)
     per_day = (
-        candidates.filter(~relisted).select("business_date", "facility_id", "customer_id")
+        candidates.select("business_date", "facility_id", "customer_id")
         .join(flagged.select("business_date", "customer_id", pl.lit(1).alias("flag")).unique(),
               on=["business_date", "customer_id"], how="left")
         .group_by("business_date", "facility_id")
