@@ -1126,6 +1126,29 @@ def test_block_posts_dues_and_charges_no_one(tmp_path):
     assert summary.blocked_facility_days == [] and summary.approved == 1
 
 
+def test_duplicates_not_fixed_count_in_the_block_share_every_night_their_held_dues_are_due_again(tmp_path):
+    """20 of the 50 customers due Feb 10 hold two contracts of one plan (a broken export). Their
+    held periods are due again, and held again, each night until fixed: Feb 11, with 30 others
+    due, is blocked too (20 of 50), not billed as though the export were mended."""
+    stuck = [f"A{i:02d}" for i in range(20)]
+    others = {day: [f"B{day}{i:02d}" for i in range(30)] for day in (10, 11)}
+    everyone = [*stuck, *(c for day in others.values() for c in day)]
+    data = write_export(
+        tmp_path / "data", facilities=[facility(timezone="UTC")], customers=[customer(c) for c in everyone],
+        contracts=[*(contract(f"K{c}{n}", customer_id=c, start_date=D(2026, 2, 10)) for c in stuck for n in (1, 2)),
+                   *(contract(f"K{c}", customer_id=c, start_date=D(2026, 2, day))
+                     for day, customers in others.items() for c in customers)],
+        payment_methods=[card(c) for c in everyone])
+    db = tmp_path / "billing.duckdb"
+    nights = run(data, db, D(2026, 2, 10), D(2026, 2, 11))
+    assert [n.blocked_facility_days for n in nights] == [["F1 2026-02-10"], ["F1 2026-02-11"]]
+    assert [n.approved for n in nights] == [0, 0]
+    with duckdb.connect(str(db), read_only=True) as conn:
+        counted = conn.sql("SELECT business_date, billable_customers, flagged_customers FROM billing_blocks "
+                           "ORDER BY 1").fetchall()
+    assert counted == [(D(2026, 2, 10), 50, 20), (D(2026, 2, 11), 50, 20)]
+
+
 def test_one_facility_run_alone_is_blocked_or_billed_as_its_window_decides(tmp_path):
     """F1 alone: 1 flagged of 2 (50 %); with F2's 50 customers in its window: 1 of 52 (under 2 %).
     `run --facility F1` counts F2 as F2's last run stored it, as the whole window would."""
