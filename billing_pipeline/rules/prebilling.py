@@ -24,7 +24,7 @@ def usable_payment_methods(payment_methods: pl.LazyFrame, customer_days: pl.Lazy
     usable = (
         payment_methods.filter(pl.col("is_default") & ~pl.col("removed"))
         .join(customer_days.select("customer_id", "business_date").with_row_index("_day"), on="customer_id", how="inner")
-        .filter(not_expired)
+        .filter(NOT_EXPIRED)
         .with_columns(pl.col("_day").is_duplicated().alias("_several"))
     ).collect().lazy()
     return one_default_each(usable, "_day")
@@ -39,7 +39,7 @@ def usable_payment_methods_on(payment_methods: pl.LazyFrame, business_date: dt.d
     usable = (
         payment_methods.filter(pl.col("is_default") & ~pl.col("removed"))
         .with_columns(pl.lit(business_date, pl.Date).alias("business_date"))
-        .filter(not_expired)
+        .filter(NOT_EXPIRED)
     ).collect()
     ids = usable.get_column("customer_id")
     if ids.is_sorted():
@@ -49,7 +49,7 @@ def usable_payment_methods_on(payment_methods: pl.LazyFrame, business_date: dt.d
     return one_default_each(usable.with_columns(several.alias("_several")).lazy(), "customer_id")
 
 
-not_expired = pl.col("expires_on").is_null() | (pl.col("business_date") <= pl.col("expires_on"))
+NOT_EXPIRED = pl.col("expires_on").is_null() | (pl.col("business_date") <= pl.col("expires_on"))
 
 
 def one_default_each(usable: pl.LazyFrame, customer_day: str) -> pl.LazyFrame:
