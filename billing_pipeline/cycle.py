@@ -642,8 +642,13 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
        together, batch by batch.
     Returns the facility-days' billing attempts, how many requests this run sent, and how many
     customers it held that their billable step had not (`holds_at_charging`).
+    A blocked facility-day charges no one, and sends or settles nothing an earlier run of it
+    wrote: those wait, holding their customers on later days (`charge_pending`), for a rerun of
+    the day once it is fixed. The same as in Dagster, where the failed check skips the window's
+    charging step (and, for a window that warns, this skips its blocked date).
     """
-    days = night.facility_days
+    days = night.facility_days.join(blocked_days(conn, night.facility_days), on=["facility_id", "business_date"],
+                                    how="anti")
     billable = query(conn, """
         SELECT b.* FROM billable_customers b JOIN _days d USING (facility_id, business_date)
         WHERE b.hold_reason IS NULL""", _days=days.select("facility_id", "business_date"))
@@ -679,8 +684,15 @@ def charge(conn: duckdb.DuckDBPyConnection, night: Night, gateway: PaymentGatewa
           _days=days.select("facility_id", "business_date"))
     attempts = query(conn, """
         SELECT a.* FROM billing_attempts a JOIN _days d USING (facility_id, business_date)
-        ORDER BY idempotency_key""", _days=days.select("facility_id", "business_date"))
+        ORDER BY idempotency_key""", _days=night.facility_days.select("facility_id", "business_date"))
     return attempts, sent, held.height
+
+
+def blocked_days(conn: duckdb.DuckDBPyConnection, facility_days: pl.DataFrame) -> pl.DataFrame:
+    """facility_id, business_date of the facility-days whose billing the pre-billing checks block."""
+    return query(conn, """SELECT facility_id, business_date FROM billing_blocks
+                           SEMI JOIN _days USING (facility_id, business_date) WHERE blocked""",
+                 _days=facility_days.select("facility_id", "business_date"))
 
 
 def unanswered_requests(conn: duckdb.DuckDBPyConnection, days: pl.DataFrame) -> pl.DataFrame:

@@ -484,6 +484,45 @@ def test_a_run_of_d_between_the_next_nights_steps_does_not_charge_twice(tmp_path
     assert charged_in_all(db) == 10000, billed_and_charged(db)[1]
 
 
+def test_a_killed_days_requests_wait_while_its_rerun_is_blocked_in_dagster_and_run_alike(tmp_path, monkeypatch):
+    """Mar 2's charging dies after writing C1's and C2's requests. Before the rerun C2's card is
+    removed: the rerun is blocked (1 flagged of 2). Dagster skips the charging step; `run` charges
+    no one and sends or settles nothing written before either: the requests wait, unanswered, for
+    a rerun of the fixed day, which charges both (C2 on its new card)."""
+    def export_with(c2_card):
+        return write_export(tmp_path / "data", customers=[customer("C1"), customer("C2")],
+                            contracts=[contract("K1", start_date=D(2026, 3, 2)),
+                                       contract("K2", customer_id="C2", start_date=D(2026, 3, 2))],
+                            payment_methods=[card("C1"), *([c2_card] if c2_card else [])])
+
+    def state(db):
+        with duckdb.connect(str(db), read_only=True) as conn:
+            return (conn.sql("SELECT customer_id, payment_method_id, amount_cents FROM charge_requests ORDER BY 1").fetchall(),
+                    conn.sql("SELECT customer_id, payment_method_id, outcome FROM billing_attempts ORDER BY 1").fetchall(),
+                    conn.sql("SELECT * FROM unanswered_charge_days").fetchall())
+
+    by_dagster, by_cli = tmp_path / "dagster.duckdb", tmp_path / "cli.duckdb"
+    instance = dg.DagsterInstance.ephemeral()
+    data = export_with(card("C2"))
+    restore = failing(monkeypatch, "run_charges")
+    assert not execute(build_definitions(str(data), str(by_dagster)), BERLIN_2026_03_02, instance).success
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_dates(data, by_cli, D(2026, 3, 2), D(2026, 3, 2), None, RunOptions(), echo=lambda _: None)
+    restore()
+    data = export_with(None)
+    execute(build_definitions(str(data), str(by_dagster)), BERLIN_2026_03_02, instance)
+    [summary] = run_dates(data, by_cli, D(2026, 3, 2), D(2026, 3, 2), None, RunOptions(), echo=lambda _: None)
+    assert summary.blocked_facility_days == ["F1 2026-03-02"]
+    waiting = ([("C1", "PM-C1", 5000), ("C2", "PM-C2", 5000)], [], [("F1", D(2026, 3, 2))])
+    assert state(by_dagster) == state(by_cli) == waiting
+    data = export_with(card("C2", payment_method_id="PM-C2-new"))
+    execute(build_definitions(str(data), str(by_dagster)), BERLIN_2026_03_02, instance)
+    run_dates(data, by_cli, D(2026, 3, 2), D(2026, 3, 2), None, RunOptions(), echo=lambda _: None)
+    charged = ([("C1", "PM-C1", 5000), ("C2", "PM-C2-new", 5000)],
+               [("C1", "PM-C1", "approved"), ("C2", "PM-C2-new", "approved")], [])
+    assert state(by_dagster) == state(by_cli) == charged
+
+
 def test_billing_of_a_day_whose_dues_never_posted_is_refused(tmp_path):
     """D's billable and charging steps materialized alone, its maintenance and dues never run:
     refused, nothing charged (a later day would not know what it billed)."""
