@@ -33,7 +33,8 @@ class ChargeSettings:
     flush_every: int = 50_000
 
 
-def _now() -> pl.Expr:
+def completed_now() -> pl.Expr:
+    """`completed_at` of an outcome recorded now."""
     return pl.lit(dt.datetime.now(dt.UTC), pl.Datetime("us", "UTC")).alias("completed_at")
 
 
@@ -47,7 +48,7 @@ async def ask(gateway: PaymentGateway, requests: pl.DataFrame, attempt: int) -> 
     answers = answers.select(list(ANSWER_SCHEMA)).cast(ANSWER_SCHEMA)
     if not answers.get_column("idempotency_key").sort().equals(requests.get_column("idempotency_key").sort()):
         raise RuntimeError(f"the gateway answered {answers.height} requests for the {requests.height} sent")
-    return answers.with_columns(pl.lit(attempt, pl.Int32).alias("tries"), _now())
+    return answers.with_columns(pl.lit(attempt, pl.Int32).alias("tries"), completed_now())
 
 
 async def charge_all(requests: pl.DataFrame, gateway: PaymentGateway, settings: ChargeSettings,

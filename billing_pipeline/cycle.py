@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import duckdb
 import polars as pl
 
-from billing_pipeline.charging import ChargeSettings, run_charges
+from billing_pipeline.charging import ChargeSettings, completed_now, run_charges
 from billing_pipeline.facility_clock import FACILITY_DAYS_SCHEMA, facility_days_for_date
 from billing_pipeline.gateway import PaymentGateway
 from billing_pipeline.night import Night
@@ -731,8 +731,7 @@ def settle_earlier_requests(conn: duckdb.DuckDBPyConnection, planned: pl.DataFra
         record_outcomes(conn, as_sent(settled).join(settled.select(
             "idempotency_key", "outcome", "decline_code", "reference",
             pl.lit("answered from the gateway's record: the run that sent it stopped before hearing back")
-            .alias("message"), pl.lit(None, pl.Int32).alias("tries"),
-            pl.lit(dt.datetime.now(dt.UTC), pl.Datetime("us", "UTC")).alias("completed_at")), on="idempotency_key"))
+            .alias("message"), pl.lit(None, pl.Int32).alias("tries"), completed_now()), on="idempotency_key"))
     execute(conn, "DELETE FROM charge_requests WHERE idempotency_key IN (SELECT idempotency_key FROM _unsent)",
             _unsent=stale.join(known, on="idempotency_key", how="anti").select("idempotency_key"))
 
